@@ -1,0 +1,3 @@
+from pokeagent.cli import main
+
+raise SystemExit(main())

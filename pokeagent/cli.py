@@ -1,0 +1,155 @@
+"""`pokeagent`: a thin command line over the library. Every verb calls one library function.
+
+    pokeagent showdown install|start|stop|status|teams
+    pokeagent generate --format gen9randombattle --battles 200 --players heuristic,maxpower --out DIR
+    pokeagent demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _showdown(args: argparse.Namespace) -> int:
+    from pokeagent.showdown import install as sd_install
+    from pokeagent.showdown import server as sd_server
+
+    if args.action == "install":
+        already = sd_install.is_installed()
+        pkg = sd_install.install(force=args.force, quiet=False)
+        if already and not args.force:
+            print(f"pokemon-showdown {sd_install.SHOWDOWN_VERSION} already installed: {pkg}")
+        return 0
+    if args.action == "start":
+        sd_install.install()
+        record = sd_server.start_detached(port=args.port, logs_dir=args.logs_dir)
+        print(
+            f"Showdown server {record.version} on ws://127.0.0.1:{record.port}/showdown/websocket "
+            f"(pid {record.pid}, logs {record.logs_dir}); stop it with `pokeagent showdown stop --port {record.port}`"
+        )
+        return 0
+    if args.action == "stop":
+        stopped = sd_server.stop_detached(port=args.port)
+        for record in stopped:
+            print(f"stopped the server on port {record.port} (pid {record.pid})")
+        if not stopped:
+            print("no running server recorded" + (f" on port {args.port}" if args.port else ""))
+            return 1 if args.port else 0
+        return 0
+    if args.action == "status":
+        installed = sd_install.is_installed()
+        where = sd_install.package_dir() if installed else "not installed"
+        print(f"pokemon-showdown {sd_install.SHOWDOWN_VERSION}: {where}")
+        servers = sd_server.running_servers()
+        for record in servers:
+            age = time.time() - record.started_at
+            print(f"  running: port {record.port}, pid {record.pid}, up {age:.0f} s, logs {record.logs_dir}")
+        if not servers:
+            print("  no running server")
+        return 0 if installed else 1
+    if args.action == "teams":
+        from pokeagent.showdown import simtool
+
+        teams = simtool.generate_teams(sd_install.install(), args.format, args.count, args.seed)
+        text = "\n".join(teams) + "\n"
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text)
+            print(f"{len(teams)} valid {args.format} teams -> {args.out}")
+        else:
+            sys.stdout.write(text)
+        return 0
+    raise AssertionError(args.action)
+
+
+def _two_players(text: str) -> tuple[str, ...]:
+    """'heuristic,maxpower' -> both; a single kind ('sim-random') plays both sides."""
+    players = tuple(p.strip() for p in text.split(",") if p.strip())
+    return players * 2 if len(players) == 1 else players
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from pokeagent.data.generate import GenerateConfig, generate
+
+    cfg = GenerateConfig(
+        out=Path(args.out),
+        format=args.format,
+        battles=args.battles,
+        players=_two_players(args.players),
+        seed=args.seed,
+        concurrency=args.concurrency,
+        teams_file=Path(args.teams) if args.teams else None,
+        battle_timeout_s=args.battle_timeout,
+    )
+    summary = generate(cfg, progress=not args.no_progress)
+    print(summary.table())
+    print(f"-> {cfg.out}/replays.jsonl, {cfg.out}/ground_truth.jsonl, {cfg.out}/summary.json")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pokeagent.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=Path(args.out), battles=args.battles, seed=args.seed))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pokeagent", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    sd = verbs.add_parser("showdown", help="the pinned local Pokémon Showdown: install, start, stop, status, teams")
+    sd_actions = sd.add_subparsers(dest="action", required=True)
+    p = sd_actions.add_parser("install", help="install pokemon-showdown into the cache (once)")
+    p.add_argument("--force", action="store_true", help="reinstall even if present")
+    p = sd_actions.add_parser("start", help="start a server on 127.0.0.1 that outlives this command")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
+    p.add_argument("--logs-dir", default=None, help="the server's logs folder (default: in the cache)")
+    p = sd_actions.add_parser("stop", help="stop servers started by `pokeagent showdown start`")
+    p.add_argument("--port", type=int, default=None, help="only the server on this port (default: all)")
+    sd_actions.add_parser("status", help="install and running servers")
+    p = sd_actions.add_parser("teams", help="valid packed teams for a format (random teams filtered by its validator)")
+    p.add_argument("--format", required=True, help="format id, e.g. gen9ou")
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="file to write (default: stdout)")
+    sd.set_defaults(func=_showdown)
+
+    gen = verbs.add_parser("generate", help="play battles on the local simulator -> replays + ground truth")
+    gen.add_argument("--format", default="gen9randombattle")
+    gen.add_argument("--battles", type=int, default=100)
+    gen.add_argument(
+        "--players",
+        default="heuristic,maxpower",
+        help="two of random, maxpower, heuristic (poke-env on a local server), or sim-random (in-process)",
+    )
+    gen.add_argument("--out", required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--concurrency", type=int, default=4)
+    gen.add_argument("--teams", default=None, help="packed teams, one a line (formats without random teams)")
+    gen.add_argument("--battle-timeout", type=float, default=300.0, help="seconds before a battle is abandoned")
+    gen.add_argument("--no-progress", action="store_true")
+    gen.set_defaults(func=_generate)
+
+    demo = verbs.add_parser("demo", help="the CPU demo: the pipeline end to end, as far as it exists")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--battles", type=int, default=200)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as error:
+        print(f"pokeagent {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Replays in, shards out: sources, battle generation, parsing, encoding, packing."""

@@ -1,0 +1,365 @@
+"""Battles on the local simulator -> replays (public view) + ground truth of every decision.
+
+Two ways to play:
+- poke-env baselines (`random`, `maxpower`, `heuristic`) on a local Showdown server: real
+  websocket players, `concurrency` battles at a time, each under a timeout;
+- `sim-random`: the simulator's own RandomPlayerAI in-process (no server; seeded, deterministic).
+
+Either way each battle ends as a Showdown *input log* (seed, teams, every choice), and one code
+path (`simtool.js replay`, via `pokeagent.showdown.simtool`) re-runs it to produce the public
+spectator log and, for every decision, the request the player saw and the choice it made. So the
+ground truth never depends on which player produced the battle.
+
+Outputs in `out/`: `replays.jsonl` (served replay JSON, one battle a line: id, format, formatid,
+players, log, rating, uploadtime), `ground_truth.jsonl` (same ids: decisions, winner, input
+log), `summary.json`.
+
+    pokeagent generate --format gen9randombattle --battles 200 --players heuristic,maxpower --out runs/gen
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import hashlib
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pokeagent.showdown import simtool
+from pokeagent.showdown.install import install
+
+SIM_RANDOM = "sim-random"
+"""Player kind: the simulator's RandomPlayerAI, played in-process without a server."""
+
+SERVER_KINDS = ("random", "maxpower", "heuristic")
+"""Player kinds that play through poke-env on a local server."""
+
+
+@dataclass
+class GenerateConfig:
+    """What `pokeagent generate` plays and where it writes."""
+
+    out: Path
+    """Output folder (created); replays.jsonl, ground_truth.jsonl and summary.json go there."""
+    format: str = "gen9randombattle"
+    """Showdown format id. Formats without random teams need `teams_file`."""
+    battles: int = 100
+    """How many battles to play."""
+    players: tuple[str, str] = ("heuristic", "maxpower")
+    """The two player kinds: random, maxpower, heuristic (server) or sim-random (both sides)."""
+    seed: int = 0
+    """Seeds battles and players. sim-random output is a pure function of it; server battles
+    are not (the server seeds its battles itself and concurrency reorders them)."""
+    concurrency: int = 4
+    """Battles played at once (server) or simulator processes (sim-random)."""
+    teams_file: Path | None = None
+    """Packed teams, one a line, for formats without random teams (`pokeagent showdown teams`)."""
+    battle_timeout_s: float = 300.0
+    """A server battle still running after this long is abandoned and counted as timed out."""
+    sim_move_prob: float | None = None
+    """sim-random only: chance that RandomPlayerAI prefers a move over a switch."""
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.players = tuple(self.players)
+        if len(self.players) != 2:
+            raise ValueError(f"need exactly two players, got {self.players}")
+        kinds = set(self.players)
+        if SIM_RANDOM in kinds and kinds != {SIM_RANDOM}:
+            raise ValueError("sim-random plays both sides in the simulator; it cannot face a server player")
+        unknown = kinds - set(SERVER_KINDS) - {SIM_RANDOM}
+        if unknown:
+            raise ValueError(f"unknown player kind(s) {sorted(unknown)}; choose from {[*SERVER_KINDS, SIM_RANDOM]}")
+        if self.battles < 1 or self.concurrency < 1:
+            raise ValueError("battles and concurrency must be >= 1")
+        if self.teams_file is None and not is_random_team_format(self.format):
+            raise ValueError(
+                f"format {self.format} needs teams: pass --teams FILE (packed teams, one a line; "
+                f"make them with `pokeagent showdown teams --format {self.format} --count 100 --out FILE`)"
+            )
+
+    @property
+    def uses_server(self) -> bool:
+        return self.players[0] != SIM_RANDOM
+
+
+@dataclass
+class GenerateSummary:
+    """What a generate run produced."""
+
+    battles: int = 0
+    """Battles written (complete, with ground truth)."""
+    wins: dict[str, int] = field(default_factory=dict)
+    """Wins per player label, plus 'tie'."""
+    mean_turns: float = 0.0
+    decisions: int = 0
+    """Ground-truth decisions written, both sides."""
+    timed_out: int = 0
+    """Server battles abandoned after battle_timeout_s."""
+    failed: dict[str, int] = field(default_factory=dict)
+    """Battles not written, by reason."""
+    agent_errors: int = 0
+    """Exceptions inside players' choose_move (each replaced by a random legal move)."""
+    seconds: float = 0.0
+    battles_per_min: float = 0.0
+
+    def table(self) -> str:
+        wins = ", ".join(f"{k} {v}" for k, v in self.wins.items())
+        return (
+            f"battles {self.battles} in {self.seconds:.1f} s ({self.battles_per_min:.0f}/min); "
+            f"wins: {wins}; mean turns {self.mean_turns:.1f}; decisions {self.decisions}; "
+            f"timed out {self.timed_out}; failed {dict(self.failed) or 0}; agent errors {self.agent_errors}"
+        )
+
+
+def is_random_team_format(format_id: str) -> bool:
+    """True for formats whose teams the simulator generates (random battles, cups)."""
+    return any(key in format_id for key in ("random", "challengecup", "hackmonscup"))
+
+
+def battle_id(format_id: str, seed) -> str:
+    """A stable id like the public site's (`gen9randombattle-1234567890`), from the battle seed."""
+    digest = hashlib.sha256(json.dumps(seed).encode()).digest()
+    return f"{format_id}-{int.from_bytes(digest[:8], 'big') % 10**10:010d}"
+
+
+def player_labels(players: tuple[str, str]) -> tuple[str, str]:
+    """Labels for the summary; the same kind on both sides gets #1/#2."""
+    if players[0] == players[1]:
+        return f"{players[0]}#1", f"{players[1]}#2"
+    return players
+
+
+def served_replay(record: dict, uploadtime: int) -> dict:
+    """The battle in the public replay site's JSON shape (spectator log, no exact HP)."""
+    return {
+        "id": record["id"],
+        "format": record["format_name"],
+        "formatid": record["format"],
+        "players": record["players"],
+        "log": record["log"],
+        "rating": None,
+        "uploadtime": uploadtime,
+    }
+
+
+def ground_truth(record: dict, kinds: dict[str, str]) -> dict:
+    """The decisions record for one battle; `kinds` maps player name -> player label."""
+    return {
+        "id": record["id"],
+        "formatid": record["format"],
+        "players": record["players"],
+        "player_kinds": [kinds.get(name, "?") for name in record["players"]],
+        "winner": record["winner"],
+        "turns": record["turns"],
+        "end": record.get("end", "normal"),
+        "seed": record["seed"],
+        "input_log": record["input_log"],
+        "decisions": record["decisions"],
+    }
+
+
+class _Writer:
+    """Appends replays and ground truth as battles complete, and tallies the summary."""
+
+    def __init__(self, cfg: GenerateConfig, kinds: dict[str, str]):
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        self.kinds = kinds
+        self.labels = player_labels(cfg.players)
+        self.replays = open(cfg.out / "replays.jsonl", "w", encoding="utf-8")
+        self.truth = open(cfg.out / "ground_truth.jsonl", "w", encoding="utf-8")
+        self.summary = GenerateSummary(wins={label: 0 for label in self.labels} | {"tie": 0})
+        self.turns = 0
+        self.uploadtime = int(time.time())
+
+    def write(self, record: dict) -> None:
+        if "error" in record:
+            self.fail(f"replay: {record['error']}")
+            return
+        self.replays.write(json.dumps(served_replay(record, self.uploadtime), ensure_ascii=False) + "\n")
+        self.truth.write(json.dumps(ground_truth(record, self.kinds), ensure_ascii=False) + "\n")
+        winner = record["winner"]
+        self.summary.wins[self.kinds.get(winner, "tie") if winner else "tie"] += 1
+        self.summary.battles += 1
+        self.summary.decisions += len(record["decisions"])
+        self.turns += record["turns"]
+
+    def fail(self, reason: str) -> None:
+        self.summary.failed[reason] = self.summary.failed.get(reason, 0) + 1
+
+    def close(self, seconds: float) -> GenerateSummary:
+        self.replays.close()
+        self.truth.close()
+        s = self.summary
+        s.seconds = seconds
+        s.mean_turns = self.turns / s.battles if s.battles else 0.0
+        s.battles_per_min = 60.0 * s.battles / seconds if seconds > 0 else 0.0
+        return s
+
+
+def generate(cfg: GenerateConfig, progress: bool = True) -> GenerateSummary:
+    """Play `cfg.battles` battles and write replays + ground truth; returns the summary."""
+    package = install()
+    if cfg.uses_server:
+        summary = _generate_on_server(cfg, package, progress)
+    else:
+        summary = _generate_in_simulator(cfg, package, progress)
+    summary_path = cfg.out / "summary.json"
+    summary_path.write_text(json.dumps({"config": _jsonable(cfg), "summary": asdict(summary)}, indent=2))
+    return summary
+
+
+def _jsonable(cfg: GenerateConfig) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+
+
+def _generate_in_simulator(cfg: GenerateConfig, package: Path, progress: bool) -> GenerateSummary:
+    names = ("sim-random-1", "sim-random-2")
+    labels = player_labels(cfg.players)
+    writer = _Writer(cfg, dict(zip(names, labels, strict=True)))
+    started = time.monotonic()
+    records = simtool.run_random_battles(
+        package,
+        cfg.format,
+        cfg.battles,
+        cfg.seed,
+        teams_file=cfg.teams_file,
+        move_prob=cfg.sim_move_prob,
+        names=names,
+        processes=cfg.concurrency,
+    )
+    with tqdm(total=cfg.battles, desc="battles", unit="battle", disable=not progress) as bar:
+        for record in records:
+            writer.write(record)
+            bar.update(1)
+    return writer.close(time.monotonic() - started)
+
+
+def _read_teams(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    teams = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not teams:
+        raise ValueError(f"{path}: no teams (expected packed teams, one a line)")
+    return teams
+
+
+def _generate_on_server(cfg: GenerateConfig, package: Path, progress: bool) -> GenerateSummary:
+    from pokeagent.showdown.server import ShowdownServer
+
+    logs_dir = cfg.out / "server-logs"
+    with ShowdownServer(logs_dir=logs_dir) as server:
+        played = asyncio.run(_play_all(cfg, server, progress))
+    kinds = played.kinds
+    writer = _Writer(cfg, kinds)
+    writer.summary.timed_out = played.timed_out
+    writer.summary.agent_errors = played.agent_errors
+    for reason, count in played.failed.items():
+        writer.summary.failed[reason] = count
+    items = []
+    for tag in played.battle_tags:
+        server_log = _find_server_log(logs_dir, tag)
+        if server_log is None:
+            writer.fail("server log missing")
+            continue
+        items.append({"id": battle_id(server_log["format"], server_log["seed"]), "input_log": server_log["inputLog"]})
+    with tqdm(total=len(items), desc="ground truth", unit="battle", disable=not progress) as bar:
+        for record in simtool.replay_input_logs(package, items):
+            writer.write(record)
+            bar.update(1)
+    return writer.close(played.seconds)
+
+
+def _find_server_log(logs_dir: Path, battle_tag: str, wait_s: float = 15.0) -> dict | None:
+    """The server's `.log.json` for `battle_tag`; the server writes it asynchronously after the end."""
+    roomid = battle_tag.removeprefix(">").removeprefix("battle-")
+    pattern = str(logs_dir / "*" / "*" / "*" / f"{roomid}.log.json")
+    deadline = time.monotonic() + wait_s
+    while True:
+        for path in glob.glob(pattern):
+            try:
+                return json.loads(Path(path).read_text())
+            except (OSError, ValueError):
+                pass  # still being written
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+
+
+@dataclass
+class _Played:
+    battle_tags: list[str] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)
+    timed_out: int = 0
+    agent_errors: int = 0
+    failed: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+async def _play_all(cfg: GenerateConfig, server, progress: bool) -> _Played:
+    from pokeagent.showdown.players import TeamPool, make_baseline, unique_name
+
+    random.seed(cfg.seed)  # poke-env's baselines draw from the global RNG
+    teams = _read_teams(cfg.teams_file)
+    labels = player_labels(cfg.players)
+    played = _Played()
+    pending = list(range(cfg.battles))
+    bar = tqdm(total=cfg.battles, desc="battles", unit="battle", disable=not progress)
+
+    def new_pair(worker: int):
+        pair = []
+        for side, (kind, label) in enumerate(zip(cfg.players, labels, strict=True)):
+            name = unique_name(f"{kind[:5]}{worker}{'ab'[side]}")
+            team = TeamPool(teams, seed=cfg.seed * 1000 + worker * 2 + side) if teams else None
+            pair.append(make_baseline(kind, name, server.server_configuration(), cfg.format, team))
+            played.kinds[name] = label
+        return pair
+
+    async def retire(pair) -> None:
+        for player in pair:
+            played.agent_errors += player.agent_errors
+            try:
+                await asyncio.wait_for(player.ps_client.stop_listening(), 10)
+            except Exception:  # noqa: BLE001 - a dead socket is already what we want
+                pass
+
+    async def worker(index: int) -> None:
+        pair = new_pair(index)
+        while pending:
+            number = pending.pop(0)
+            # Alternate who challenges, so each kind plays both p1 and p2.
+            first, second = pair if number % 2 == 0 else pair[::-1]
+            before = set(first.battles)
+            try:
+                await asyncio.wait_for(first.battle_against(second, n_battles=1), cfg.battle_timeout_s)
+            except TimeoutError:
+                played.timed_out += 1
+                await retire(pair)
+                pair = new_pair(index)
+                bar.update(1)
+                continue
+            except Exception as error:  # noqa: BLE001 - count it, play on
+                played.failed[f"play: {type(error).__name__}"] += 1
+                await retire(pair)
+                pair = new_pair(index)
+                bar.update(1)
+                continue
+            new_tags = [tag for tag in first.battles if tag not in before]
+            if len(new_tags) == 1 and first.battles[new_tags[0]].finished:
+                played.battle_tags.append(new_tags[0])
+            else:
+                played.failed["battle not finished"] += 1
+            bar.update(1)
+        await retire(pair)
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(min(cfg.concurrency, cfg.battles))))
+    played.seconds = time.monotonic() - started
+    bar.close()
+    return played

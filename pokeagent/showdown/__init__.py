@@ -1,0 +1,1 @@
+"""Everything about the game itself: the pinned simulator, its server, its protocol."""
