@@ -6,13 +6,15 @@ makes pip install nothing more. An unpinned torch resolved here would drag in GB
 packages on a CPU machine.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="pokeagent",
     version="0.1.0",
     description="Train a transformer Pokémon Showdown agent on real replays with DeepSpeed.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["pokeagent", "pokeagent.*"]),

@@ -1,8 +1,8 @@
 """`pokeagent`: a thin command line over the library. Every verb calls one library function.
 
-    pokeagent showdown install|start|stop|status|teams
-    pokeagent generate --format gen9randombattle --battles 200 --players heuristic,maxpower --out DIR
-    pokeagent demo
+pokeagent showdown install|start|stop|status|teams
+pokeagent generate --format gen9randombattle --battles 200 --players heuristic,maxpower --out DIR
+pokeagent demo
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def _showdown(args: argparse.Namespace) -> int:
         servers = sd_server.running_servers()
         for record in servers:
             age = time.time() - record.started_at
-            print(f"  running: port {record.port}, pid {record.pid}, up {age:.0f} s, logs {record.logs_dir}")
+            print(
+                f"  running: port {record.port}, pid {record.pid}, up {age:.0f} s, logs {record.logs_dir}"
+            )
         if not servers:
             print("  no running server")
         return 0 if installed else 1
@@ -101,24 +103,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pokeagent", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    sd = verbs.add_parser("showdown", help="the pinned local Pokémon Showdown: install, start, stop, status, teams")
+    sd = verbs.add_parser(
+        "showdown", help="the pinned local Pokémon Showdown: install, start, stop, status, teams"
+    )
     sd_actions = sd.add_subparsers(dest="action", required=True)
     p = sd_actions.add_parser("install", help="install pokemon-showdown into the cache (once)")
     p.add_argument("--force", action="store_true", help="reinstall even if present")
-    p = sd_actions.add_parser("start", help="start a server on 127.0.0.1 that outlives this command")
+    p = sd_actions.add_parser(
+        "start", help="start a server on 127.0.0.1 that outlives this command"
+    )
     p.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
-    p.add_argument("--logs-dir", default=None, help="the server's logs folder (default: in the cache)")
+    p.add_argument(
+        "--logs-dir", default=None, help="the server's logs folder (default: in the cache)"
+    )
     p = sd_actions.add_parser("stop", help="stop servers started by `pokeagent showdown start`")
-    p.add_argument("--port", type=int, default=None, help="only the server on this port (default: all)")
+    p.add_argument(
+        "--port", type=int, default=None, help="only the server on this port (default: all)"
+    )
     sd_actions.add_parser("status", help="install and running servers")
-    p = sd_actions.add_parser("teams", help="valid packed teams for a format (random teams filtered by its validator)")
+    p = sd_actions.add_parser(
+        "teams", help="valid packed teams for a format (random teams filtered by its validator)"
+    )
     p.add_argument("--format", required=True, help="format id, e.g. gen9ou")
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="file to write (default: stdout)")
     sd.set_defaults(func=_showdown)
 
-    gen = verbs.add_parser("generate", help="play battles on the local simulator -> replays + ground truth")
+    gen = verbs.add_parser(
+        "generate", help="play battles on the local simulator -> replays + ground truth"
+    )
     gen.add_argument("--format", default="gen9randombattle")
     gen.add_argument("--battles", type=int, default=100)
     gen.add_argument(
@@ -129,12 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--concurrency", type=int, default=4)
-    gen.add_argument("--teams", default=None, help="packed teams, one a line (formats without random teams)")
-    gen.add_argument("--battle-timeout", type=float, default=300.0, help="seconds before a battle is abandoned")
+    gen.add_argument(
+        "--teams", default=None, help="packed teams, one a line (formats without random teams)"
+    )
+    gen.add_argument(
+        "--battle-timeout", type=float, default=300.0, help="seconds before a battle is abandoned"
+    )
     gen.add_argument("--no-progress", action="store_true")
     gen.set_defaults(func=_generate)
 
-    demo = verbs.add_parser("demo", help="the CPU demo: the pipeline end to end, as far as it exists")
+    demo = verbs.add_parser(
+        "demo", help="the CPU demo: the pipeline end to end, as far as it exists"
+    )
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--battles", type=int, default=200)
     demo.add_argument("--seed", type=int, default=0)

@@ -65,5 +65,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     _stage("report")
     for name, summary in results.items():
         print(f"{name:>12}: {summary.table()}")
-    print(f"\nreplays and ground truth under {out}/ (replays.jsonl, ground_truth.jsonl, summary.json)")
+    print(
+        f"\nreplays and ground truth under {out}/ (replays.jsonl, ground_truth.jsonl, summary.json)"
+    )
     return results

@@ -59,15 +59,29 @@ def test_start_fails_clearly_when_port_is_taken(showdown_package, tmp_path):
 def test_cli_start_status_stop(showdown_package, tmp_path):
     env = dict(os.environ)
     run = [sys.executable, "-m", "pokeagent", "showdown"]
-    out = subprocess.run([*run, "start", "--logs-dir", str(tmp_path / "logs")], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*run, "start", "--logs-dir", str(tmp_path / "logs")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     [record] = [r for r in running_servers() if r.logs_dir == str(tmp_path / "logs")]
     try:
         assert _listening_addresses(record.port) == {"127.0.0.1"}
-        status = subprocess.run([*run, "status"], env=env, capture_output=True, text=True, timeout=60)
+        status = subprocess.run(
+            [*run, "status"], env=env, capture_output=True, text=True, timeout=60
+        )
         assert f"port {record.port}" in status.stdout
     finally:
-        stop = subprocess.run([*run, "stop", "--port", str(record.port)], env=env, capture_output=True, text=True, timeout=60)
+        stop = subprocess.run(
+            [*run, "stop", "--port", str(record.port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert stop.returncode == 0, stop.stderr
     assert _group_members(record.pid) == []
     assert record.port not in {r.port for r in running_servers()}

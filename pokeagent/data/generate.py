@@ -20,6 +20,7 @@ log), `summary.json`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import hashlib
 import json
@@ -72,10 +73,14 @@ class GenerateConfig:
             raise ValueError(f"need exactly two players, got {self.players}")
         kinds = set(self.players)
         if SIM_RANDOM in kinds and kinds != {SIM_RANDOM}:
-            raise ValueError("sim-random plays both sides in the simulator; it cannot face a server player")
+            raise ValueError(
+                "sim-random plays both sides in the simulator; it cannot face a server player"
+            )
         unknown = kinds - set(SERVER_KINDS) - {SIM_RANDOM}
         if unknown:
-            raise ValueError(f"unknown player kind(s) {sorted(unknown)}; choose from {[*SERVER_KINDS, SIM_RANDOM]}")
+            raise ValueError(
+                f"unknown player kind(s) {sorted(unknown)}; choose from {[*SERVER_KINDS, SIM_RANDOM]}"
+            )
         if self.battles < 1 or self.concurrency < 1:
             raise ValueError("battles and concurrency must be >= 1")
         if self.teams_file is None and not is_random_team_format(self.format):
@@ -172,8 +177,12 @@ class _Writer:
         cfg.out.mkdir(parents=True, exist_ok=True)
         self.kinds = kinds
         self.labels = player_labels(cfg.players)
-        self.replays = open(cfg.out / "replays.jsonl", "w", encoding="utf-8")
-        self.truth = open(cfg.out / "ground_truth.jsonl", "w", encoding="utf-8")
+        self.replays = open(  # noqa: SIM115 - open for the writer's lifetime, closed in close()
+            cfg.out / "replays.jsonl", "w", encoding="utf-8"
+        )
+        self.truth = open(  # noqa: SIM115
+            cfg.out / "ground_truth.jsonl", "w", encoding="utf-8"
+        )
         self.summary = GenerateSummary(wins={label: 0 for label in self.labels} | {"tie": 0})
         self.turns = 0
         self.uploadtime = int(time.time())
@@ -182,7 +191,9 @@ class _Writer:
         if "error" in record:
             self.fail(f"replay: {record['error']}")
             return
-        self.replays.write(json.dumps(served_replay(record, self.uploadtime), ensure_ascii=False) + "\n")
+        self.replays.write(
+            json.dumps(served_replay(record, self.uploadtime), ensure_ascii=False) + "\n"
+        )
         self.truth.write(json.dumps(ground_truth(record, self.kinds), ensure_ascii=False) + "\n")
         winner = record["winner"]
         self.summary.wins[self.kinds.get(winner, "tie") if winner else "tie"] += 1
@@ -211,7 +222,9 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> GenerateSummary:
     else:
         summary = _generate_in_simulator(cfg, package, progress)
     summary_path = cfg.out / "summary.json"
-    summary_path.write_text(json.dumps({"config": _jsonable(cfg), "summary": asdict(summary)}, indent=2))
+    summary_path.write_text(
+        json.dumps({"config": _jsonable(cfg), "summary": asdict(summary)}, indent=2)
+    )
     return summary
 
 
@@ -254,24 +267,30 @@ def _generate_on_server(cfg: GenerateConfig, package: Path, progress: bool) -> G
     from pokeagent.showdown.server import ShowdownServer
 
     logs_dir = cfg.out / "server-logs"
+    items, server_winners = [], {}
     with ShowdownServer(logs_dir=logs_dir) as server:
         played = asyncio.run(_play_all(cfg, server, progress))
-    kinds = played.kinds
-    writer = _Writer(cfg, kinds)
+        # The server writes each battle's log asynchronously after the battle: read them all
+        # before stopping it, or the last few are lost.
+        for tag in played.battle_tags:
+            server_log = _find_server_log(logs_dir, tag)
+            if server_log is None:
+                played.failed["server log missing"] += 1
+                continue
+            item_id = battle_id(server_log["format"], server_log["seed"])
+            items.append({"id": item_id, "input_log": server_log["inputLog"]})
+            server_winners[item_id] = server_log.get("winner") or None
+    writer = _Writer(cfg, played.kinds)
     writer.summary.timed_out = played.timed_out
     writer.summary.agent_errors = played.agent_errors
-    for reason, count in played.failed.items():
-        writer.summary.failed[reason] = count
-    items = []
-    for tag in played.battle_tags:
-        server_log = _find_server_log(logs_dir, tag)
-        if server_log is None:
-            writer.fail("server log missing")
-            continue
-        items.append({"id": battle_id(server_log["format"], server_log["seed"]), "input_log": server_log["inputLog"]})
+    writer.summary.failed.update(played.failed)
     with tqdm(total=len(items), desc="ground truth", unit="battle", disable=not progress) as bar:
         for record in simtool.replay_input_logs(package, items):
-            writer.write(record)
+            # Same simulator version, same seed and choices: the re-run must end as the server's did.
+            if "error" not in record and record["winner"] != server_winners[record["id"]]:
+                writer.fail("re-run diverged from the server")
+            else:
+                writer.write(record)
             bar.update(1)
     return writer.close(played.seconds)
 
@@ -324,10 +343,9 @@ async def _play_all(cfg: GenerateConfig, server, progress: bool) -> _Played:
     async def retire(pair) -> None:
         for player in pair:
             played.agent_errors += player.agent_errors
-            try:
+            # A socket that is already dead is what we want anyway.
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(player.ps_client.stop_listening(), 10)
-            except Exception:  # noqa: BLE001 - a dead socket is already what we want
-                pass
 
     async def worker(index: int) -> None:
         pair = new_pair(index)
@@ -337,14 +355,16 @@ async def _play_all(cfg: GenerateConfig, server, progress: bool) -> _Played:
             first, second = pair if number % 2 == 0 else pair[::-1]
             before = set(first.battles)
             try:
-                await asyncio.wait_for(first.battle_against(second, n_battles=1), cfg.battle_timeout_s)
+                await asyncio.wait_for(
+                    first.battle_against(second, n_battles=1), cfg.battle_timeout_s
+                )
             except TimeoutError:
                 played.timed_out += 1
                 await retire(pair)
                 pair = new_pair(index)
                 bar.update(1)
                 continue
-            except Exception as error:  # noqa: BLE001 - count it, play on
+            except Exception as error:  # a lost connection etc.: count it, play on
                 played.failed[f"play: {type(error).__name__}"] += 1
                 await retire(pair)
                 pair = new_pair(index)

@@ -43,7 +43,7 @@ def _guarded(base: type[Player]) -> type[Player]:
         def choose_move(self, battle):
             try:
                 return super().choose_move(battle)
-            except Exception:  # noqa: BLE001 - any agent bug must not stall the battle
+            except Exception:  # any agent bug: poke-env would stall the battle forever
                 self.agent_errors += 1
                 return self.choose_random_move(battle)
 

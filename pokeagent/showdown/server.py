@@ -64,7 +64,7 @@ def _serves_clients(port: int, timeout_s: float = 5.0) -> bool:
             while time.monotonic() < deadline:
                 if "|challstr|" in ws.recv(timeout=max(0.01, deadline - time.monotonic())):
                     return True
-    except Exception:  # noqa: BLE001 - refused, reset, timed out: all mean "not yet"
+    except Exception:  # refused, reset, handshake timeout: all mean "not ready yet"
         return False
     return False
 
