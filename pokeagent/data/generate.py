@@ -117,7 +117,7 @@ class GenerateSummary:
     def table(self) -> str:
         wins = ", ".join(f"{k} {v}" for k, v in self.wins.items())
         return (
-            f"battles {self.battles} in {self.seconds:.1f} s ({self.battles_per_min:.0f}/min); "
+            f"battles {self.battles} played in {self.seconds:.1f} s ({self.battles_per_min:.0f}/min); "
             f"wins: {wins}; mean turns {self.mean_turns:.1f}; decisions {self.decisions}; "
             f"timed out {self.timed_out}; failed {dict(self.failed) or 0}; agent errors {self.agent_errors}"
         )
