@@ -94,7 +94,7 @@ def assert_valid_outputs(out, expected_battles: int) -> tuple[list[dict], list[d
             assert not missing, f"{replay['id']}: {key} log shows {moves}, truth has {chosen[key]}"
         for decision in truth["decisions"]:
             assert decision["side"] in ("p1", "p2")
-            assert decision["kind"] in ("team", "turn", "switch")
+            assert decision["kind"] in ("team_preview", "turn", "forced_switch")
             assert option_key(decision["action"]) in {option_key(o) for o in decision["legal"]}, (
                 decision
             )
@@ -135,7 +135,7 @@ def test_sim_random_is_deterministic_and_valid(showdown_package, tmp_path):
     assert strip(first) == strip(again)
     assert {r["id"] for r in first}.isdisjoint({r["id"] for r in other})
     kinds = {d["kind"] for t in truth for d in t["decisions"]}
-    assert {"turn", "switch"} <= kinds
+    assert {"turn", "forced_switch"} <= kinds
 
 
 def test_team_format_with_generated_teams(showdown_package, tmp_path):
@@ -174,7 +174,9 @@ def test_team_format_with_generated_teams(showdown_package, tmp_path):
     # gen9ou has team preview: the first decision of each side picks a lead.
     for truth in truths:
         firsts = {d["side"]: d for d in reversed(truth["decisions"])}
-        assert all(d["kind"] == "team" and d["action"]["type"] == "team" for d in firsts.values())
+        assert all(
+            d["kind"] == "team_preview" and d["action"]["type"] == "team" for d in firsts.values()
+        )
 
 
 def test_format_needing_teams_without_them_is_refused(tmp_path):
@@ -216,6 +218,8 @@ def test_agent_exception_falls_back_to_a_legal_move(showdown_server):
 
     async def play():
         await asyncio.wait_for(broken.battle_against(opponent, n_battles=1), 120)
+        for p in (broken, opponent):
+            await p.ps_client.stop_listening()
 
     asyncio.run(play())
     assert broken.n_finished_battles == 1

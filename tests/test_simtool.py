@@ -176,7 +176,7 @@ def test_decisions_follow_the_input_log(random_records: list[dict[str, Any]]) ->
         ]
         assert [(d["side"], d["choice"]) for d in rec["decisions"]] == choices
         kinds = {d["kind"] for d in rec["decisions"]}
-        assert kinds <= {"turn", "switch"}  # random battles have no team preview
+        assert kinds <= {"turn", "forced_switch"}  # random battles have no team preview
         turns = [d["turn"] for d in rec["decisions"]]
         assert turns == sorted(turns) and turns[0] == 1 and turns[-1] <= rec["turns"]
         rqids = [d["rqid"] for d in rec["decisions"]]
@@ -202,7 +202,7 @@ def test_every_action_is_a_legal_option(random_records: list[dict[str, Any]]) ->
     for rec in random_records:
         for d in rec["decisions"]:
             assert any(_same_option(o, d["action"]) for o in d["legal"]), d
-            if d["kind"] == "switch":
+            if d["kind"] == "forced_switch":
                 assert {o["type"] for o in d["legal"]} <= {"switch", "pass"}
             seen.add((d["kind"], d["action"]["type"], d["action"].get("gimmick")))
     # The run really exercises moves, Tera, voluntary and forced switches.
@@ -210,7 +210,7 @@ def test_every_action_is_a_legal_option(random_records: list[dict[str, Any]]) ->
         ("turn", "move", None),
         ("turn", "move", "terastallize"),
         ("turn", "switch", None),
-        ("switch", "switch", None),
+        ("forced_switch", "switch", None),
     } <= seen
 
 
@@ -323,7 +323,10 @@ def test_replay_survives_bad_items(pkg: Path, server_logs: dict[str, dict[str, A
     assert [r["id"] for r in records] == ["a", "b", "c", "d", "e"]
     assert all("error" in r for r in records[:4])
     assert "error" not in records[4] and records[4]["winner"] == "test-player-a"
-    assert records[4]["decisions"][0]["kind"] == "team" and records[4]["decisions"][0]["turn"] == 0
+    assert (
+        records[4]["decisions"][0]["kind"] == "team_preview"
+        and records[4]["decisions"][0]["turn"] == 0
+    )
 
 
 # ----------------------------------------------------------------------------- teams
@@ -344,7 +347,7 @@ def test_generated_teams_play_gen9ou(pkg: Path, tmp_path: Path) -> None:
             json.loads(x.split(" ", 2)[2]) for x in rec["input_log"] if x.startswith(">player ")
         ]
         assert all(p["team"] in teams for p in players)
-        preview = [d for d in rec["decisions"] if d["kind"] == "team"]
+        preview = [d for d in rec["decisions"] if d["kind"] == "team_preview"]
         assert [d["side"] for d in preview] == ["p1", "p2"] and {d["turn"] for d in preview} == {0}
         for d in preview:
             assert len(d["legal"]) == 6 and d["action"]["lead"] == d["legal"][0]["lead"]

@@ -15,7 +15,7 @@
  *
  * Battle record: {id, format, format_name, players, seed, input_log, log, winner,
  * turns, end: normal|forfeit|turn-limit|incomplete, decisions: [{side, turn, kind:
- * team|turn|switch, rqid, choice, action, legal}]}; `log` is the spectator view
+ * team_preview|turn|forced_switch, rqid, choice, action, legal}]}; `log` is the spectator view
  * (public half of |split| pairs, no |t:| lines).  A battle that fails gives
  * {id, error} (plus format/format_name when known) and the run goes on.
  * Replay items: {"input_log": [...], "id"?, "winner"?} (see replayItem).
@@ -303,7 +303,7 @@ class BattleRunner {
 			side.emitChoiceError(`Incomplete choice: ${input} - missing other pokemon`);
 			return false;
 		}
-		const kind = request.teamPreview ? 'team' : request.forceSwitch ? 'switch' : 'turn';
+		const kind = request.teamPreview ? 'team_preview' : request.forceSwitch ? 'forced_switch' : 'turn';
 		this.pending[sideid] = {
 			side: sideid, turn, kind, rqid,
 			choice: side.getChoice(), // exactly what commitChoices() writes to the input log
