@@ -30,6 +30,7 @@ setup(
         "tqdm>=4.66",
         "psutil>=5.9",
         "safetensors>=0.4",
+        "pyarrow>=14",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"],
