@@ -1,0 +1,566 @@
+"""Replay -> two first-person Trajectories (DESIGN.md, "What a player knows").
+
+Two passes over the log:
+1. hindsight: the whole log through a BattleState, for what each player knows of its OWN team
+   from the start (species, moves, items, abilities, tera types the log ever reveals), and the
+   canonical order of that team (the action space's switch slots);
+2. replay: the log again, message by message. At each decision point the state *as it is then*
+   is encoded for the deciding side (opponent known only up to that point), and the decision's
+   label is read from what follows in the log.
+
+Decision points: team preview; a turn choice for each side with an active Pokémon at every
+`|turn|`; a forced switch wherever a side must pick a replacement (after a faint, or mid-turn
+after U-turn, Baton Pass, Eject Button, Emergency Exit and the like). Labels are -1 where the
+log cannot tell what was chosen: full paralysis, flinch, sleep, recharge, fainting or being
+dragged out before moving, a move replaced by Encore, an ambiguous Z-/Max Move.
+
+A battle that cannot be reconstructed honestly raises `SkipBattle(reason)`; `parse_replay`
+never lets any other exception out for bad input (it becomes a 'parser error: ...' skip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pokeagent.data.replay import Replay
+from pokeagent.showdown import actions as A
+from pokeagent.showdown.protocol import (
+    Message,
+    effect_name,
+    parse_details,
+    parse_line,
+    parse_pokemon_ref,
+)
+from pokeagent.showdown.state import BattleState, PokemonState, normalise
+
+PARSER_VERSION = 1
+"""Bumped whenever labels, masks or decision points change meaning."""
+
+SIDES = ("p1", "p2")
+EJECTING_ITEMS = frozenset({"Eject Button", "Eject Pack"})
+EJECTING_ABILITIES = frozenset({"Emergency Exit", "Wimp Out"})
+ILLUSION_SPECIES = ("Zoroark", "Zorua")
+
+
+class SkipBattle(Exception):
+    """This battle cannot be reconstructed honestly; `reason` is a short, countable name."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Decision:
+    """One decision of one player."""
+
+    turn: int
+    kind: int
+    """actions.TEAM_PREVIEW / TURN / FORCED_SWITCH."""
+    legal: np.ndarray
+    """bool[N_ACTIONS]: the player's options as far as the log shows them."""
+    action: int = A.UNKNOWN_ACTION
+    """Index of the choice, or -1 when the log does not reveal it."""
+    action_info: dict | None = None
+    """The choice by name: {'type': 'move', 'name', 'gimmick'} | {'type': 'switch', 'species'} |
+    {'type': 'team', 'lead'}; None when unknown."""
+    obs: dict | None = None
+    """The encoder's arrays for the state the player saw (None when parsed without encoder)."""
+
+
+@dataclass
+class Trajectory:
+    """One player's decisions in one battle, with the battle's metadata."""
+
+    battle_id: str
+    format: str
+    gen: int
+    side: str
+    player: str
+    rating: int | None
+    opponent_rating: int | None
+    outcome: float
+    """1 win, 0 loss, 0.5 tie (from this player's view)."""
+    source: str
+    decisions: list[Decision] = field(default_factory=list)
+    team: list[dict] = field(default_factory=list)
+    """The canonical team (switch slots): species, nickname, known moves in slot order."""
+    parser_version: int = PARSER_VERSION
+
+    @property
+    def labelled(self) -> int:
+        return sum(d.action >= 0 for d in self.decisions)
+
+
+Encoder = Callable[[BattleState, str, "Hindsight"], dict]
+
+
+@dataclass
+class TeamMember:
+    """A member of a player's own team as the whole log reveals it."""
+
+    species: str
+    """Species at the start of the battle (sets the canonical order)."""
+    name: str | None
+    """Nickname, None when only team preview ever showed it."""
+    moves: list[str]
+    """Known moves in canonical (slot) order: at most 4, sorted by id."""
+    item: str | None
+    ability: str | None
+    tera_type: str | None
+    mega: bool
+    """It Mega Evolves (or Primal/Ultra Bursts) at some point."""
+
+
+@dataclass
+class Hindsight:
+    """What each player knows of its own team from the start: the whole log, read ahead."""
+
+    team: dict[str, list[TeamMember]]
+    """side -> members in canonical order; unknown (never shown) members are not listed."""
+    team_size: dict[str, int]
+    gimmicks_seen: set[str]
+    """Gimmicks any side used in this battle (a hint that the format allows them)."""
+    zmove_users: dict[str, set[str]]
+    """side -> names of Pokémon that used a Z-Move."""
+
+    def slot_of(self, side: str, name: str | None, species: str | None = None) -> int | None:
+        for index, member in enumerate(self.team[side]):
+            if name is not None and member.name == name:
+                return index
+        if species is not None:
+            for index, member in enumerate(self.team[side]):
+                if member.species == species or (
+                    member.species.endswith("-*") and species.startswith(member.species[:-2])
+                ):
+                    return index
+        return None
+
+
+def build_hindsight(final: BattleState) -> Hindsight:
+    team, sizes, zusers = {}, {}, {}
+    for side_id, side in final.sides.items():
+        members = []
+        for mon in side.pokemon:
+            moves = mon.moves[: A.N_MOVES]
+            members.append(
+                TeamMember(
+                    species=mon.start_species,
+                    name=mon.name,
+                    moves=sorted(moves, key=normalise),
+                    item=mon.first_item,
+                    ability=mon.ability,
+                    tera_type=mon.tera_type if mon.terastallized else None,
+                    mega=mon.mega_evolved,
+                )
+            )
+        members.sort(key=lambda m: normalise(m.species))
+        team[side_id] = members[: A.N_TEAM]
+        sizes[side_id] = max(side.team_size, len(team[side_id]))
+        zusers[side_id] = set()
+    gimmicks = {
+        g for g, flag in (("terastallize", any(s.used_tera for s in final.sides.values())),) if flag
+    }
+    return Hindsight(team, sizes, gimmicks, zusers)
+
+
+def _check_battle(msgs: list[Message], final: BattleState) -> None:
+    if final.gametype != "singles":
+        raise SkipBattle(f"{final.gametype or 'unknown'} battles are not supported")
+    if not final.started:
+        raise SkipBattle("no start")
+    if not final.ended:
+        raise SkipBattle("unfinished")
+    if not 1 <= final.gen <= 9:
+        raise SkipBattle("unknown generation")
+    for msg in msgs:
+        if msg.kind == "replace":
+            raise SkipBattle("illusion")
+    for side in final.sides.values():
+        if len(side.pokemon) > A.N_TEAM:
+            raise SkipBattle("more than 6 Pokémon on a side")
+        for mon in side.pokemon:
+            if mon.species.startswith(ILLUSION_SPECIES) or mon.start_species.startswith(
+                ILLUSION_SPECIES
+            ):
+                raise SkipBattle("illusion")
+
+
+class _Reconstruction:
+    """Pass 2: walks the log once, opening and closing decisions."""
+
+    def __init__(
+        self,
+        msgs: list[Message],
+        hindsight: Hindsight,
+        gen: int,
+        terastal_banned: bool,
+        encoder: Encoder | None,
+    ):
+        self.msgs = msgs
+        self.hind = hindsight
+        self.gen = gen
+        self.terastal_banned = terastal_banned
+        self.encoder = encoder
+        self.state = BattleState()
+        self.decisions: dict[str, list[Decision]] = {s: [] for s in SIDES}
+        self.pending_turn: dict[str, Decision] = {}
+        self.pending_forced: dict[str, Decision] = {}
+        self.pending_preview: dict[str, Decision] = {}
+        self.gimmick_now: dict[str, str] = {}
+        self.in_turns = False
+        self.pursuit_target: str | None = None
+        self.gen1_frozen_or_asleep: set[str] = set()
+
+    # --------------------------------------------------------------- decisions
+    def _open(self, side: str, kind: int, legal: np.ndarray) -> Decision:
+        decision = Decision(turn=self.state.turn, kind=kind, legal=legal)
+        if self.encoder is not None:
+            decision.obs = self.encoder(self.state, side, self.hind)
+        self.decisions[side].append(decision)
+        return decision
+
+    def _label(self, decision: Decision, action: int, info: dict | None) -> None:
+        if action >= 0 and not decision.legal[action]:
+            # The log proves the option existed: the mask was too strict (e.g. hidden trapping
+            # rules). Trust the log.
+            decision.legal[action] = True
+        decision.action, decision.action_info = action, info
+
+    def _close_turn(self, side: str) -> None:
+        self.pending_turn.pop(side, None)
+        self.gimmick_now.pop(side, None)
+
+    # --------------------------------------------------------------- legal masks
+    def _team_slots(self, side: str) -> tuple[list[TeamMember], int]:
+        return self.hind.team[side], self.hind.team_size[side]
+
+    def _switch_mask(self, side: str, mask: np.ndarray) -> None:
+        members, size = self._team_slots(side)
+        live = self.state.sides[side]
+        for index in range(min(size, A.N_TEAM)):
+            if index < len(members):
+                mon = live.find(members[index].name) if members[index].name else None
+                if mon is not None and (mon.fainted or mon.active):
+                    continue
+            mask[A.switch_action(index)] = True
+
+    def _turn_mask(self, side: str) -> np.ndarray:
+        mask = np.zeros(A.N_ACTIONS, dtype=bool)
+        active = self.state.sides[side].active
+        slot = self.hind.slot_of(side, active.name) if active is not None else None
+        moves = self.hind.team[side][slot].moves if slot is not None else []
+        usable = list(range(A.N_MOVES))
+        if moves and active is not None:
+            known = dict(enumerate(moves))
+            locked = active.encored_move or (
+                active.last_move if _choice_locked(self.hind.team[side][slot].item) else None
+            )
+            if locked and locked in moves:
+                usable = [moves.index(locked)]
+            elif active.disabled_move in moves:
+                usable = [i for i in usable if known.get(i) != active.disabled_move]
+        for index in usable:
+            mask[A.move_action(index)] = True
+        if self._gimmick_available(side, active, slot):
+            for index in usable:
+                mask[A.move_action(index, gimmick=True)] = True
+        if active is None or not ({"trapped", "partiallytrapped"} & active.volatiles):
+            self._switch_mask(side, mask)
+        return mask
+
+    def _gimmick_available(self, side: str, active: PokemonState | None, slot: int | None) -> bool:
+        live = self.state.sides[side]
+        if active is None:
+            return False
+        if self.gen == 9:
+            return not live.used_tera and not self.terastal_banned
+        if self.gen in (6, 7) and slot is not None and self.hind.team[side][slot].mega:
+            return not live.used_mega and not active.mega_evolved
+        return False
+
+    # --------------------------------------------------------------- labels
+    def _move_label(self, side: str, mon: PokemonState, move: str) -> tuple[int, dict | None]:
+        slot = self.hind.slot_of(side, mon.name)
+        if slot is None:
+            return A.UNKNOWN_ACTION, None
+        moves = self.hind.team[side][slot].moves
+        if move not in moves:
+            return A.UNKNOWN_ACTION, None
+        gimmick = self.gimmick_now.get(side)
+        action = A.move_action(moves.index(move), gimmick=gimmick is not None)
+        return action, {"type": "move", "name": move, "gimmick": gimmick}
+
+    def _switch_label(self, side: str, name: str, species: str) -> tuple[int, dict | None]:
+        slot = self.hind.slot_of(side, name, species)
+        if slot is None:
+            return A.UNKNOWN_ACTION, None
+        return A.switch_action(slot), {"type": "switch", "species": species}
+
+    # --------------------------------------------------------------- the walk
+    def run(self) -> dict[str, list[Decision]]:
+        state = self.state
+        for msg in self.msgs:
+            kind = msg.kind
+            handler = getattr(self, "_on_" + kind.replace("-", "_"), None)
+            if handler is not None:
+                handler(msg)
+            state.apply(msg)
+            if kind == "turn":
+                self._open_turn()
+        return self.decisions
+
+    def _open_turn(self) -> None:
+        self.in_turns = True
+        self.pursuit_target = None
+        self.gen1_frozen_or_asleep = set()
+        for side in SIDES:
+            self.pending_turn.pop(side, None)
+            active = self.state.sides[side].active
+            if active is None or active.fainted:
+                continue
+            self.pending_turn[side] = self._open(side, A.TURN, self._turn_mask(side))
+            if self.gen == 1 and active.status in ("frz", "slp"):
+                self.gen1_frozen_or_asleep.add(side)
+
+    def _on_teampreview(self, msg: Message) -> None:
+        for side in SIDES:
+            mask = np.zeros(A.N_ACTIONS, dtype=bool)
+            members = self.hind.team[side]
+            for index in range(min(self.hind.team_size[side], A.N_TEAM)):
+                mask[A.switch_action(index)] = True
+            if not members:
+                continue
+            self.pending_preview[side] = self._open(side, A.TEAM_PREVIEW, mask)
+
+    def _on_move(self, msg: Message) -> None:
+        ref = parse_pokemon_ref(msg.arg(0))
+        if ref is None or ref.side not in self.pending_turn:
+            return
+        source = msg.tags.get("from")
+        if source == "Pursuit":
+            # Pursuit hits a switching target before the switch: still its user's choice.
+            self.pursuit_target = msg.arg(2)[:2]
+            source = None
+        if source and source != "lockedmove":
+            return  # called by another move or effect: not this turn's choice
+        mon = self.state.mon(msg.arg(0))
+        decision = self.pending_turn[ref.side]
+        if mon is None:
+            self._close_turn(ref.side)
+            return
+        move = msg.arg(1)
+        if source == "lockedmove":
+            label, info = self._move_label(ref.side, mon, move)
+            if label >= 0:
+                # Locked in (Outrage & co): that move was the only option.
+                decision.legal[:] = False
+                decision.legal[label % A.N_MOVES] = True
+                label, info = label % A.N_MOVES, {"type": "move", "name": move, "gimmick": None}
+            self._label(decision, label, info)
+        elif ref.side in self.gen1_frozen_or_asleep:
+            pass  # Gen 1: a frozen or sleeping Pokémon's only option was "Fight"; unknown
+        elif move.startswith("Z-") and self.gimmick_now.get(ref.side) == "zmove":
+            # Status Z-Moves are named after their base move: `Z-Quiver Dance`.
+            label, info = self._move_label(ref.side, mon, move[2:])
+            self._label(decision, label, info)
+        elif (
+            move in ("Struggle", "Recharge")
+            or move.startswith(("Max ", "G-Max "))
+            or "zeffect" in msg.tags
+        ):
+            pass  # forced, or a Z-/Max Move whose base move the log does not name: unknown
+        else:
+            label, info = self._move_label(ref.side, mon, move)
+            self._label(decision, label, info)
+        self._close_turn(ref.side)
+
+    def _on_cant(self, msg: Message) -> None:
+        ref = parse_pokemon_ref(msg.arg(0))
+        if ref is None or ref.side not in self.pending_turn or "of" in msg.tags:
+            # With `[of]` the Pokémon named holds the blocking ability (Queenly Majesty,
+            # Dazzling, Armor Tail); the blocked attacker's move line came first.
+            return
+        decision = self.pending_turn[ref.side]
+        mon = self.state.mon(msg.arg(0))
+        move = msg.arg(2)
+        if move and mon is not None:
+            # `|cant|p1a: X|move: Taunt|Swords Dance` names the move that was chosen.
+            label, info = self._move_label(ref.side, mon, move)
+            self._label(decision, label, info)
+        self._close_turn(ref.side)
+
+    def _on__terastallize(self, msg: Message) -> None:
+        self._gimmick(msg, "terastallize")
+
+    def _on__mega(self, msg: Message) -> None:
+        self._gimmick(msg, "mega")
+
+    def _on__burst(self, msg: Message) -> None:
+        self._gimmick(msg, "ultra")
+
+    def _on__zpower(self, msg: Message) -> None:
+        self._gimmick(msg, "zmove")
+
+    def _gimmick(self, msg: Message, gimmick: str) -> None:
+        ref = parse_pokemon_ref(msg.arg(0))
+        if ref is not None and ref.side in self.pending_turn:
+            self.gimmick_now[ref.side] = gimmick
+
+    def _forced_out(self, msg: Message) -> None:
+        """The side's active leaves or falls before acting: its turn choice stays unknown."""
+        ref = parse_pokemon_ref(msg.arg(0))
+        if ref is not None and ref.side in self.pending_turn:
+            active = self.state.sides[ref.side].active
+            if active is not None and active.name == ref.name:
+                self._close_turn(ref.side)
+
+    def _on_faint(self, msg: Message) -> None:
+        if self.gen <= 4 and msg.arg(0)[:2] == self.pursuit_target:
+            # "Previously chosen switches continue in Gen 2-4 after a Pursuit target faints."
+            return
+        self._forced_out(msg)
+
+    def _on__heal(self, msg: Message) -> None:
+        # Revival Blessing: the user's side picks a fainted Pokémon to revive (a switch-like
+        # request); the log shows only the revived one healing, from the side's bench.
+        if msg.tags.get("from") != "move: Revival Blessing":
+            return
+        ref = parse_pokemon_ref(msg.arg(0))
+        if ref is None or ref.side not in SIDES:
+            return
+        mask = np.zeros(A.N_ACTIONS, dtype=bool)
+        live = self.state.sides[ref.side]
+        for index, member in enumerate(self.hind.team[ref.side]):
+            mon = live.find(member.name) if member.name else None
+            if mon is not None and mon.fainted:
+                mask[A.switch_action(index)] = True
+        decision = self._open(ref.side, A.FORCED_SWITCH, mask)
+        slot = self.hind.slot_of(ref.side, ref.name)
+        if slot is not None:
+            species = self.hind.team[ref.side][slot].species
+            self._label(
+                decision,
+                A.switch_action(slot),
+                {
+                    "type": "switch",
+                    "species": live.find(ref.name).species if live.find(ref.name) else species,
+                },
+            )
+
+    def _on_drag(self, msg: Message) -> None:
+        self._forced_out(msg)
+
+    def _on__enditem(self, msg: Message) -> None:
+        if msg.arg(1) in EJECTING_ITEMS:
+            self._forced_out(msg)
+
+    def _on__start(self, msg: Message) -> None:
+        # Encored before it moved: the move it makes is the encored one, not its choice.
+        if effect_name(msg.arg(1)) == "Encore":
+            ref = parse_pokemon_ref(msg.arg(0))
+            if ref is not None:
+                self._close_turn(ref.side)
+
+    def _on__activate(self, msg: Message) -> None:
+        if effect_name(msg.arg(1)) in EJECTING_ABILITIES:
+            self._forced_out(msg)
+
+    def _on_switch(self, msg: Message) -> None:
+        ref = parse_pokemon_ref(msg.arg(0))
+        if ref is None or ref.side not in SIDES:
+            return
+        species = parse_details(msg.arg(1)).species
+        side = ref.side
+        if not self.in_turns:
+            # Leads: chosen at team preview, or not a choice at all.
+            if side in self.pending_preview:
+                decision = self.pending_preview.pop(side)
+                slot = self.hind.slot_of(side, ref.name, species)
+                if slot is not None:
+                    self._label(decision, A.switch_action(slot), {"type": "team", "lead": species})
+            return
+        if side in self.pending_turn:
+            label, info = self._switch_label(side, ref.name, species)
+            self._label(self.pending_turn[side], label, info)
+            self._close_turn(side)
+            return
+        if side not in self.pending_forced:
+            self._open_forced_switches(side)
+        decision = self.pending_forced.pop(side, None)
+        if decision is not None:
+            label, info = self._switch_label(side, ref.name, species)
+            self._label(decision, label, info)
+
+    def _open_forced_switches(self, switching_side: str) -> None:
+        """Open forced-switch decisions for this side and every side whose active has fainted:
+        their requests came together, so they see the same state."""
+        for side in SIDES:
+            if side in self.pending_forced:
+                continue
+            active = self.state.sides[side].active
+            if side == switching_side or (active is not None and active.fainted):
+                mask = np.zeros(A.N_ACTIONS, dtype=bool)
+                self._switch_mask(side, mask)
+                self.pending_forced[side] = self._open(side, A.FORCED_SWITCH, mask)
+
+    def _on_turn(self, msg: Message) -> None:
+        # A turn ends: forced switches that never happened (the battle went on without them)
+        # would be stale; so would unanswered turn choices (they stay unknown).
+        self.pending_forced.clear()
+
+
+def _choice_locked(item: str | None) -> bool:
+    return bool(item) and item.startswith("Choice ")
+
+
+def parse_replay(replay: Replay, encoder: Encoder | None = None) -> tuple[Trajectory, Trajectory]:
+    """Both players' trajectories, or SkipBattle(reason). Never raises anything else for bad input."""
+    try:
+        return _parse(replay, encoder)
+    except SkipBattle:
+        raise
+    except Exception as error:  # a bug or input we did not foresee: skip it, named, and count it
+        raise SkipBattle(f"parser error: {type(error).__name__}") from error
+
+
+def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Trajectory]:
+    msgs = [m for m in map(parse_line, replay.log.splitlines()) if m is not None]
+    final = BattleState()
+    for msg in msgs:
+        final.apply(msg)
+    _check_battle(msgs, final)
+    hindsight = build_hindsight(final)
+    terastal_banned = any(m.kind == "rule" and m.arg(0).startswith("Terastal Clause") for m in msgs)
+    walk = _Reconstruction(msgs, hindsight, final.gen, terastal_banned, encoder)
+    decisions = walk.run()
+    ratings = replay.ratings or {}
+    trajectories = []
+    for side, other in (("p1", "p2"), ("p2", "p1")):
+        player = final.sides[side].player or (
+            replay.players[0] if side == "p1" else replay.players[1]
+        )
+        winner = final.winner
+        outcome = 0.5 if winner is None else float(winner == player)
+        trajectories.append(
+            Trajectory(
+                battle_id=replay.id,
+                format=replay.format,
+                gen=final.gen,
+                side=side,
+                player=player,
+                rating=ratings.get(side),
+                opponent_rating=ratings.get(other),
+                outcome=outcome,
+                source=replay.source,
+                decisions=decisions[side],
+                team=[
+                    {"species": m.species, "name": m.name, "moves": m.moves}
+                    for m in hindsight.team[side]
+                ],
+            )
+        )
+    return trajectories[0], trajectories[1]

@@ -1,0 +1,132 @@
+"""Showdown battle protocol: one log line -> a Message (sim/SIM-PROTOCOL.md in the pinned package).
+
+A line is `|KIND|arg1|arg2|...|[tag] value|[tag2]`. Positional arguments come first; trailing
+`[from] ...`, `[of] ...`, `[still]`, ... are tags. Pokémon are named `p1a: Nickname` (position +
+nickname) in events and `Species, L50, M, shiny, tera:Fairy` in details strings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_TAG = re.compile(r"^\[(\w+)\]\s*(.*)$")
+
+
+@dataclass(slots=True)
+class Message:
+    """One protocol line, split."""
+
+    kind: str
+    """The message kind without the leading `|`: 'move', 'switch', '-damage', 'turn', ..."""
+    args: list[str]
+    """Positional arguments."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Trailing `[tag] value` arguments: {'from': 'item: Leftovers', 'of': 'p2a: Foo', 'still': ''}."""
+    line: str = ""
+    """The original line (for error messages)."""
+
+    def arg(self, index: int, default: str = "") -> str:
+        return self.args[index] if index < len(self.args) else default
+
+
+def parse_line(line: str) -> Message | None:
+    """Split a protocol line; None for blank lines and lines that are not messages (chat text)."""
+    if not line.startswith("|") or len(line) < 2:
+        return None
+    parts = line[1:].split("|")
+    kind = parts[0]
+    args: list[str] = []
+    tags: dict[str, str] = {}
+    for part in parts[1:]:
+        match = _TAG.match(part) if part.startswith("[") else None
+        if match:
+            tags[match.group(1)] = match.group(2)
+        else:
+            args.append(part)
+    return Message(kind, args, tags, line)
+
+
+@dataclass(frozen=True, slots=True)
+class PokemonRef:
+    """`p1a: Nickname` -> side 'p1', position 'a' (None for `p1: Nickname`), nickname."""
+
+    side: str
+    position: str | None
+    name: str
+
+
+def parse_pokemon_ref(text: str) -> PokemonRef | None:
+    """Parse `p1a: Nickname` / `p1: Nickname`; None when it is not a Pokémon reference."""
+    if len(text) < 4 or text[0] != "p" or text[1] not in "1234":
+        return None
+    colon = text.find(": ")
+    if colon < 0:
+        return None
+    position = text[2:colon] or None
+    return PokemonRef(text[:2], position, text[colon + 2 :])
+
+
+@dataclass(frozen=True, slots=True)
+class Details:
+    """`Species, L50, M, shiny, tera:Fairy` split into its parts."""
+
+    species: str
+    level: int = 100
+    gender: str = ""
+    shiny: bool = False
+    tera_type: str | None = None
+
+
+def parse_details(text: str) -> Details:
+    """Parse a details string (from |switch|, |poke|, |detailschange|, |replace|)."""
+    parts = [p.strip() for p in text.split(",")]
+    level, gender, shiny, tera = 100, "", False, None
+    for part in parts[1:]:
+        if part.startswith("L") and part[1:].isdigit():
+            level = int(part[1:])
+        elif part in ("M", "F"):
+            gender = part
+        elif part == "shiny":
+            shiny = True
+        elif part.startswith("tera:"):
+            tera = part[5:]
+    return Details(parts[0], level, gender, shiny, tera)
+
+
+def parse_hp_status(text: str) -> tuple[float | None, bool, str | None]:
+    """`57/100 par` -> (0.57, fainted=False, 'par'); `0 fnt` -> (0.0, True, None).
+
+    HP is a fraction of the maximum: spectator logs show percentages, player and omniscient logs
+    exact HP; the fraction is the same quantity either way.
+    """
+    text = text.strip()
+    if not text:
+        return None, False, None
+    hp_part, _, status = text.partition(" ")
+    if status == "fnt":
+        return 0.0, True, None
+    if "/" in hp_part:
+        cur, _, mx = hp_part.partition("/")
+        try:
+            cur_v, max_v = float(cur), float(mx)
+        except ValueError:
+            return None, False, status or None
+        return (cur_v / max_v if max_v > 0 else 0.0), cur_v <= 0, status or None
+    try:
+        value = float(hp_part)
+    except ValueError:
+        return None, False, status or None
+    return value / 100.0, value <= 0, status or None
+
+
+def effect_name(text: str) -> str:
+    """`item: Leftovers` -> 'Leftovers'; `move: Taunt` -> 'Taunt'; `Encore` -> 'Encore'."""
+    _, sep, rest = text.partition(": ")
+    return rest if sep and text.split(":")[0] in ("item", "ability", "move", "pokemon") else text
+
+
+def effect_kind(text: str) -> str:
+    """`item: Leftovers` -> 'item'; `ability: Intimidate` -> 'ability'; plain -> ''."""
+    head, sep, _ = text.partition(": ")
+    return head if sep and head in ("item", "ability", "move", "pokemon") else ""

@@ -1,0 +1,856 @@
+"""BattleState: what the protocol log has shown so far, updated message by message (singles).
+
+The state holds the public knowledge of a battle: both sides as the log reveals them. What ONE
+player knows is this public state plus that player's knowledge of its own team, which comes
+from hindsight over the whole log (replays) or from `|request|` JSON (live play); the encoder
+combines the two (`pokeagent.data.encode`), so this module never decides who knows what.
+
+Unknown message kinds are counted in `unknown_kinds` and otherwise ignored: the protocol grows
+with every Showdown release, and a new message must never crash a million-replay job.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pokeagent.showdown.protocol import (
+    Message,
+    effect_kind,
+    effect_name,
+    parse_details,
+    parse_hp_status,
+    parse_pokemon_ref,
+)
+
+BOOST_STATS = ("atk", "def", "spa", "spd", "spe", "accuracy", "evasion")
+
+# Moves that hand the choice of a replacement to the user's side (a forced switch follows).
+SELF_SWITCH_MOVES = frozenset(
+    {
+        "U-turn",
+        "Volt Switch",
+        "Flip Turn",
+        "Parting Shot",
+        "Baton Pass",
+        "Teleport",
+        "Shed Tail",
+        "Chilly Reception",
+    }
+)
+
+# Volatile effects kept (normalised lower-case names); the rest are ignored.
+TRACKED_VOLATILES = frozenset(
+    {
+        "substitute",
+        "confusion",
+        "leechseed",
+        "taunt",
+        "encore",
+        "disable",
+        "torment",
+        "attract",
+        "yawn",
+        "perishsong",
+        "perish0",
+        "perish1",
+        "perish2",
+        "perish3",
+        "curse",
+        "nightmare",
+        "embargo",
+        "healblock",
+        "focusenergy",
+        "magnetrise",
+        "aquaring",
+        "ingrain",
+        "trapped",
+        "partiallytrapped",
+        "mustrecharge",
+        "dynamax",
+        "saltcure",
+        "protosynthesis",
+        "quarkdrive",
+        "flashfire",
+        "slowstart",
+        "charge",
+        "stockpile",
+        "typechange",
+        "transform",
+        "lockedmove",
+        "throatchop",
+        "glaiverush",
+        "destinybond",
+        "smackdown",
+        "octolock",
+        "noretreat",
+        "tarshot",
+        "syrupbomb",
+    }
+)
+
+KNOWN_IGNORED = frozenset(
+    {
+        "",
+        "t:",
+        "j",
+        "J",
+        "l",
+        "L",
+        "n",
+        "N",
+        "c",
+        "c:",
+        "chat",
+        "raw",
+        "html",
+        "uhtml",
+        "uhtmlchange",
+        "inactive",
+        "inactiveoff",
+        "timestamp",
+        "rated",
+        "rule",
+        "seed",
+        "split",
+        "title",
+        "join",
+        "leave",
+        "name",
+        "badge",
+        "debug",
+        "message",
+        "-message",
+        "-hint",
+        "-crit",
+        "-supereffective",
+        "-resisted",
+        "-immune",
+        "-miss",
+        "-fail",
+        "-block",
+        "-notarget",
+        "-nothing",
+        "-center",
+        "-combine",
+        "-waiting",
+        "-prepare",
+        "-anim",
+        "-hitcount",
+        "-singleturn",
+        "-singlemove",
+        "-ohko",
+        "-zbroken",
+        "-fieldactivate",
+        "-primal",
+        "-burst",
+        "-candynamax",
+        "upkeep",
+        "teampreview",
+        "start",
+        "request",
+        "sentchoice",
+        "choice",
+        "error",
+        "bigerror",
+        "askreg",
+        "deinit",
+        "init",
+        "noinit",
+        "notify",
+        "tempnotify",
+        "tempnotifyoff",
+        "expire",
+        "done",
+        "unlink",
+        "poke",
+        "clearpoke",
+        "updatepoke",
+        "gametype",
+        "gen",
+        "tier",
+        "player",
+        "teamsize",
+        "turn",
+        "win",
+        "tie",
+        "cant",
+        "move",
+        "switch",
+        "drag",
+        "replace",
+        "faint",
+        "detailschange",
+        "swap",
+        "hidelines",
+        "customgroup",
+        "bestof",
+    }
+)
+
+
+def normalise(name: str) -> str:
+    """Lower-case alphanumerics: Showdown's toID ('Leech Seed' -> 'leechseed')."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+@dataclass
+class PokemonState:
+    """One Pokémon as the log has shown it."""
+
+    side: str
+    species: str
+    """Species/forme as shown by switch-ins and lasting changes (`|detailschange|`: Mega...)."""
+    start_species: str
+    """The species it was first shown as (team preview or first switch-in); fixes team order."""
+    name: str | None = None
+    """Nickname as in `p1a: NAME`; None for a team-preview entry not yet seen in battle."""
+    level: int = 100
+    gender: str = ""
+    hp: float = 1.0
+    """Fraction of maximum HP."""
+    fainted: bool = False
+    status: str | None = None
+    """brn, par, slp, frz, psn, tox, or None."""
+    boosts: dict[str, int] = field(default_factory=dict)
+    volatiles: set[str] = field(default_factory=set)
+    moves: list[str] = field(default_factory=list)
+    """Its own moves, in the order the log revealed them (never moves called via other moves)."""
+    item: str | None = None
+    """Current item: None = unknown, '' = known to hold nothing."""
+    first_item: str | None = None
+    """The first item the log revealed it started with (not one gained by Trick & co)."""
+    ability: str | None = None
+    tera_type: str | None = None
+    terastallized: bool = False
+    active: bool = False
+    revealed: bool = False
+    """True once it has been in battle (switched in)."""
+    last_move: str | None = None
+    """Last move it chose since it switched in (choice-item locks)."""
+    mega_evolved: bool = False
+    disabled_move: str | None = None
+    encored_move: str | None = None
+    temporary_forme: str | None = None
+    """A `-formechange` forme (Aegislash-Blade, Minior-Meteor...) until it switches out."""
+
+    @property
+    def forme(self) -> str:
+        """What it looks like right now."""
+        return self.temporary_forme or self.species
+
+    def reset_on_switch_out(self) -> None:
+        self.active = False
+        self.boosts.clear()
+        self.volatiles.clear()
+        self.last_move = None
+        self.disabled_move = None
+        self.encored_move = None
+        self.temporary_forme = None
+
+
+@dataclass
+class SideState:
+    """One player's side as the log has shown it."""
+
+    side: str
+    player: str = ""
+    team_size: int = 6
+    pokemon: list[PokemonState] = field(default_factory=list)
+    """In order of reveal (team preview order where there was one)."""
+    active: PokemonState | None = None
+    conditions: dict[str, int] = field(default_factory=dict)
+    """Side conditions (stealthrock, spikes, toxicspikes, stickyweb, reflect, lightscreen,
+    auroraveil, tailwind, safeguard, mist, ...) -> layers."""
+    used_tera: bool = False
+    used_mega: bool = False
+    used_zmove: bool = False
+    used_dynamax: bool = False
+
+    def find(self, name: str) -> PokemonState | None:
+        for mon in self.pokemon:
+            if mon.name == name:
+                return mon
+        return None
+
+
+@dataclass
+class FieldState:
+    weather: str | None = None
+    terrain: str | None = None
+    pseudo_weather: set[str] = field(default_factory=set)
+    """trickroom, gravity, magicroom, wonderroom, ..."""
+
+
+def _species_matches(preview_species: str, species: str) -> bool:
+    """Team preview shows `Zamazenta-*` or the base forme; battle shows the real forme."""
+    if preview_species == species:
+        return True
+    if preview_species.endswith("-*"):
+        return species.startswith(preview_species[:-2])
+    return species.split("-")[0] == preview_species.split("-")[0] and "-" not in preview_species
+
+
+class BattleState:
+    """The public state of one singles battle, updated with `apply(message)`."""
+
+    def __init__(self) -> None:
+        self.sides = {"p1": SideState("p1"), "p2": SideState("p2")}
+        self.field = FieldState()
+        self.gen = 9
+        self.gametype = "singles"
+        self.tier = ""
+        self.turn = 0
+        self.started = False
+        self.team_preview = False
+        self.ended = False
+        self.winner: str | None = None
+        self.unknown_kinds: Counter[str] = Counter()
+        self.reveal_counter = 0
+
+    # ------------------------------------------------------------------ lookups
+    def mon(self, ref_text: str, create: bool = False) -> PokemonState | None:
+        """The Pokémon named by `p1a: Nick`; None when unknown (and not created)."""
+        ref = parse_pokemon_ref(ref_text)
+        if ref is None or ref.side not in self.sides:
+            return None
+        side = self.sides[ref.side]
+        mon = side.find(ref.name)
+        if (
+            mon is None
+            and ref.position is not None
+            and side.active is not None
+            and side.active.name == ref.name
+        ):
+            mon = side.active
+        return mon
+
+    def _switch_in(self, msg: Message) -> None:
+        ref = parse_pokemon_ref(msg.arg(0))
+        if ref is None or ref.side not in self.sides:
+            return
+        side = self.sides[ref.side]
+        details = parse_details(msg.arg(1))
+        mon = side.find(ref.name)
+        if mon is None:
+            # A team-preview entry not yet seen: match by species.
+            for candidate in side.pokemon:
+                if candidate.name is None and _species_matches(candidate.species, details.species):
+                    mon = candidate
+                    mon.name = ref.name
+                    mon.species = details.species
+                    break
+        if mon is None:
+            mon = PokemonState(
+                side=ref.side, species=details.species, start_species=details.species, name=ref.name
+            )
+            side.pokemon.append(mon)
+        if not mon.revealed:
+            mon.revealed = True
+            self.reveal_counter += 1
+        mon.level, mon.gender = details.level, details.gender
+        mon.species = details.species
+        if details.tera_type:
+            mon.tera_type = details.tera_type
+        if side.active is not None and side.active is not mon:
+            side.active.reset_on_switch_out()
+        side.active = mon
+        mon.active = True
+        hp, fainted, status = parse_hp_status(msg.arg(2))
+        if hp is not None:
+            mon.hp, mon.fainted = hp, fainted
+        mon.status = status
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, msg: Message) -> None:
+        """Update with one message. Never raises on odd input: unknown things are ignored."""
+        handler = _HANDLERS.get(msg.kind)
+        if handler is not None:
+            handler(self, msg)
+        elif msg.kind not in KNOWN_IGNORED:
+            self.unknown_kinds[msg.kind] += 1
+
+    # Each handler takes (state, msg). Kept as methods for readability.
+    def _player(self, msg: Message) -> None:
+        side = self.sides.get(msg.arg(0))
+        if side is not None and msg.arg(1):
+            side.player = msg.arg(1)
+
+    def _teamsize(self, msg: Message) -> None:
+        side = self.sides.get(msg.arg(0))
+        if side is not None and msg.arg(1).isdigit():
+            side.team_size = int(msg.arg(1))
+
+    def _gen(self, msg: Message) -> None:
+        if msg.arg(0).isdigit():
+            self.gen = int(msg.arg(0))
+
+    def _gametype(self, msg: Message) -> None:
+        self.gametype = msg.arg(0)
+
+    def _tier(self, msg: Message) -> None:
+        self.tier = msg.arg(0)
+
+    def _poke(self, msg: Message) -> None:
+        side = self.sides.get(msg.arg(0))
+        if side is None:
+            return
+        details = parse_details(msg.arg(1))
+        mon = PokemonState(side=side.side, species=details.species, start_species=details.species)
+        mon.level, mon.gender = details.level, details.gender
+        if msg.arg(2) == "item":
+            mon.item = None  # "has an item" only
+        side.pokemon.append(mon)
+
+    def _clearpoke(self, msg: Message) -> None:
+        for side in self.sides.values():
+            side.pokemon = [m for m in side.pokemon if m.name is not None]
+
+    def _teampreview(self, msg: Message) -> None:
+        self.team_preview = True
+
+    def _start(self, msg: Message) -> None:
+        self.started = True
+
+    def _turn(self, msg: Message) -> None:
+        if msg.arg(0).isdigit():
+            self.turn = int(msg.arg(0))
+
+    def _win(self, msg: Message) -> None:
+        self.ended, self.winner = True, msg.arg(0) or None
+
+    def _tie(self, msg: Message) -> None:
+        self.ended, self.winner = True, None
+
+    def _move(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        move = msg.arg(1)
+        self._reveal_from_tags(msg, mon)
+        # Called by another move or an effect (Metronome, Sleep Talk, Magic Bounce...): not one
+        # of its own moves. A lockedmove repeat (Outrage & co) is its own.
+        if msg.tags.get("from", "lockedmove") != "lockedmove":
+            return
+        if (
+            move in ("Struggle", "Recharge")
+            or "transform" in mon.volatiles
+            or "zeffect" in msg.tags
+        ):
+            mon.last_move = move
+            return
+        mon.last_move = move
+        if move not in mon.moves and not _is_max_or_z(move, msg):
+            mon.moves.append(move)
+
+    def _cant(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        reason = msg.arg(1)
+        if effect_kind(reason) == "ability" and mon.ability is None:
+            mon.ability = effect_name(reason)
+        if "recharge" in reason:
+            mon.volatiles.discard("mustrecharge")
+        moved = msg.arg(2)
+        if moved and moved not in mon.moves and "transform" not in mon.volatiles:
+            mon.moves.append(moved)
+
+    def _switch(self, msg: Message) -> None:
+        self._switch_in(msg)
+
+    def _replace(self, msg: Message) -> None:
+        self._switch_in(msg)
+
+    def _detailschange(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        details = parse_details(msg.arg(1))
+        mon.species = details.species
+        mon.temporary_forme = None
+        if "-Mega" in details.species or details.species.endswith(("-Primal", "-Ultra")):
+            mon.mega_evolved = True
+        if details.tera_type:
+            mon.tera_type = details.tera_type
+
+    def _formechange(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is not None and msg.arg(1):
+            mon.temporary_forme = msg.arg(1)
+            self._reveal_from_tags(msg, mon)
+
+    def _faint(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is not None:
+            mon.hp, mon.fainted = 0.0, True
+
+    def _hp_change(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        hp, fainted, status = parse_hp_status(msg.arg(1))
+        if hp is not None:
+            mon.hp = hp
+            mon.fainted = fainted
+        if status is not None:
+            mon.status = status
+        self._reveal_from_tags(msg, mon)
+
+    def _status(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is not None:
+            mon.status = msg.arg(1) or None
+            self._reveal_from_tags(msg, mon)
+
+    def _curestatus(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is not None:
+            mon.status = None
+            self._reveal_from_tags(msg, mon)
+
+    def _cureteam(self, msg: Message) -> None:
+        ref = parse_pokemon_ref(msg.arg(0))
+        if ref is not None and ref.side in self.sides:
+            for mon in self.sides[ref.side].pokemon:
+                mon.status = None
+
+    def _boost(self, msg: Message, sign: int = 1) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        stat = msg.arg(1)
+        try:
+            amount = int(msg.arg(2) or 0)
+        except ValueError:
+            return
+        mon.boosts[stat] = max(-6, min(6, mon.boosts.get(stat, 0) + sign * amount))
+        self._reveal_from_tags(msg, mon)
+
+    def _unboost(self, msg: Message) -> None:
+        self._boost(msg, -1)
+
+    def _setboost(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        try:
+            mon.boosts[msg.arg(1)] = max(-6, min(6, int(msg.arg(2))))
+        except ValueError:
+            return
+
+    def _clearboost(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is not None:
+            mon.boosts.clear()
+
+    def _clearallboost(self, msg: Message) -> None:
+        for side in self.sides.values():
+            if side.active is not None:
+                side.active.boosts.clear()
+
+    def _clearnegativeboost(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is not None:
+            mon.boosts = {k: v for k, v in mon.boosts.items() if v > 0}
+
+    def _clearpositiveboost(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is not None:
+            mon.boosts = {k: v for k, v in mon.boosts.items() if v < 0}
+
+    def _invertboost(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is not None:
+            mon.boosts = {k: -v for k, v in mon.boosts.items()}
+
+    def _copyboost(self, msg: Message) -> None:
+        target, source = self.mon(msg.arg(0)), self.mon(msg.arg(1))
+        if target is not None and source is not None:
+            target.boosts = dict(source.boosts)
+
+    def _swapboost(self, msg: Message) -> None:
+        a, b = self.mon(msg.arg(0)), self.mon(msg.arg(1))
+        if a is None or b is None:
+            return
+        stats = [s.strip() for s in msg.arg(2).split(",") if s.strip()] or list(BOOST_STATS)
+        for stat in stats:
+            a_value, b_value = a.boosts.get(stat, 0), b.boosts.get(stat, 0)
+            a.boosts[stat], b.boosts[stat] = b_value, a_value
+
+    def _volatile_start(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        effect = effect_name(msg.arg(1))
+        key = normalise(effect)
+        if key in TRACKED_VOLATILES:
+            mon.volatiles.add(key)
+        if key == "encore" and mon.last_move:
+            mon.encored_move = mon.last_move
+        if key == "disable" and msg.arg(2):
+            mon.disabled_move = msg.arg(2)
+        self._reveal_from_tags(msg, mon)
+
+    def _volatile_end(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        key = normalise(effect_name(msg.arg(1)))
+        mon.volatiles.discard(key)
+        if key == "encore":
+            mon.encored_move = None
+        if key == "disable":
+            mon.disabled_move = None
+        self._reveal_from_tags(msg, mon)
+
+    def _activate(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        effect = msg.arg(1)
+        if mon is None:
+            return
+        kind, name = effect_kind(effect), effect_name(effect)
+        if kind == "ability" and mon.ability is None:
+            mon.ability = name
+        elif kind == "item":
+            mon.item = name
+            if mon.first_item is None:
+                mon.first_item = name
+        key = normalise(name)
+        if key in ("trapped", "meanlook", "block", "spiderweb"):
+            mon.volatiles.add("trapped")
+        elif key in (
+            "bind",
+            "wrap",
+            "firespin",
+            "clamp",
+            "whirlpool",
+            "sandtomb",
+            "magmastorm",
+            "infestation",
+            "snaptrap",
+            "thundercage",
+        ):
+            mon.volatiles.add("partiallytrapped")
+        self._reveal_from_tags(msg, mon)
+
+    def _item(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        item = msg.arg(1)
+        source = msg.tags.get("from", "")
+        gained = effect_kind(source) == "move" or normalise(effect_name(source)) in (
+            "trick",
+            "switcheroo",
+            "pickup",
+            "harvest",
+            "recycle",
+            "bestow",
+            "thief",
+            "covet",
+            "magician",
+            "pickpocket",
+            "frisk",
+        )
+        if normalise(effect_name(source)) == "frisk":
+            # Frisk reveals the target's item; the Pokémon named is the target.
+            gained = False
+        mon.item = item
+        if not gained and mon.first_item is None:
+            mon.first_item = item
+        if source and effect_kind(source) == "ability":
+            holder = self.mon(msg.tags.get("of", "")) if "of" in msg.tags else None
+            if holder is not None and holder.ability is None:
+                holder.ability = effect_name(source)
+
+    def _enditem(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        item = msg.arg(1)
+        if mon.first_item is None and normalise(effect_name(msg.tags.get("from", ""))) not in (
+            "stealeat",
+        ):
+            mon.first_item = item
+        mon.item = ""
+
+    def _ability(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        source = msg.tags.get("from", "")
+        ability = msg.arg(1)
+        if source and normalise(effect_name(source)) in (
+            "trace",
+            "roleplay",
+            "skillswap",
+            "entrainment",
+            "receiver",
+            "powerofalchemy",
+            "doodle",
+        ):
+            if normalise(effect_name(source)) == "trace" and mon.ability is None:
+                mon.ability = "Trace"
+            return
+        if mon.ability is None:
+            mon.ability = ability
+
+    def _endability(self, msg: Message) -> None:
+        pass
+
+    def _transform(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is not None:
+            mon.volatiles.add("transform")
+
+    def _terastallize(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        mon.tera_type, mon.terastallized = msg.arg(1), True
+        self.sides[mon.side].used_tera = True
+
+    def _mega(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is None:
+            return
+        mon.mega_evolved = True
+        if msg.arg(2) and mon.first_item is None:
+            mon.first_item = mon.item = msg.arg(2)
+        self.sides[mon.side].used_mega = True
+
+    def _zpower(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is not None:
+            self.sides[mon.side].used_zmove = True
+
+    def _mustrecharge(self, msg: Message) -> None:
+        mon = self.mon(msg.arg(0))
+        if mon is not None:
+            mon.volatiles.add("mustrecharge")
+
+    def _weather(self, msg: Message) -> None:
+        weather = msg.arg(0)
+        self.field.weather = None if weather in ("none", "") else weather
+        source = msg.tags.get("from", "")
+        if effect_kind(source) == "ability" and "of" in msg.tags:
+            holder = self.mon(msg.tags["of"])
+            if holder is not None and holder.ability is None:
+                holder.ability = effect_name(source)
+
+    def _fieldstart(self, msg: Message) -> None:
+        name = effect_name(msg.arg(0))
+        if name.endswith("Terrain"):
+            self.field.terrain = name
+        else:
+            self.field.pseudo_weather.add(normalise(name))
+        if "of" in msg.tags and effect_kind(msg.tags.get("from", "")) == "ability":
+            holder = self.mon(msg.tags["of"])
+            if holder is not None and holder.ability is None:
+                holder.ability = effect_name(msg.tags["from"])
+
+    def _fieldend(self, msg: Message) -> None:
+        name = effect_name(msg.arg(0))
+        if name.endswith("Terrain"):
+            if self.field.terrain == name:
+                self.field.terrain = None
+        else:
+            self.field.pseudo_weather.discard(normalise(name))
+
+    def _sidestart(self, msg: Message) -> None:
+        side = self.sides.get(msg.arg(0)[:2])
+        if side is not None:
+            key = normalise(effect_name(msg.arg(1)))
+            side.conditions[key] = side.conditions.get(key, 0) + 1
+
+    def _sideend(self, msg: Message) -> None:
+        side = self.sides.get(msg.arg(0)[:2])
+        if side is not None:
+            side.conditions.pop(normalise(effect_name(msg.arg(1))), None)
+
+    def _swapsideconditions(self, msg: Message) -> None:
+        p1, p2 = self.sides["p1"], self.sides["p2"]
+        p1.conditions, p2.conditions = p2.conditions, p1.conditions
+
+    def _reveal_from_tags(self, msg: Message, mon: PokemonState | None) -> None:
+        """`[from] item: Leftovers` / `[from] ability: Rough Skin|[of] p2a: X` reveal an item or ability."""
+        source = msg.tags.get("from")
+        if not source:
+            return
+        kind = effect_kind(source)
+        if kind not in ("item", "ability"):
+            return
+        holder = self.mon(msg.tags["of"]) if "of" in msg.tags else mon
+        if holder is None:
+            return
+        name = effect_name(source)
+        if kind == "item":
+            holder.item = name
+            if holder.first_item is None:
+                holder.first_item = name
+        elif holder.ability is None:
+            holder.ability = name
+
+
+def _is_max_or_z(move: str, msg: Message) -> bool:
+    """Max Moves and Z-Moves are not moveset moves (the log names them, not the base move)."""
+    return move.startswith(("Max ", "G-Max ")) or "zeffect" in msg.tags
+
+
+_HANDLERS = {
+    "player": BattleState._player,
+    "teamsize": BattleState._teamsize,
+    "gen": BattleState._gen,
+    "gametype": BattleState._gametype,
+    "tier": BattleState._tier,
+    "poke": BattleState._poke,
+    "clearpoke": BattleState._clearpoke,
+    "teampreview": BattleState._teampreview,
+    "start": BattleState._start,
+    "turn": BattleState._turn,
+    "win": BattleState._win,
+    "tie": BattleState._tie,
+    "move": BattleState._move,
+    "cant": BattleState._cant,
+    "switch": BattleState._switch,
+    "drag": BattleState._switch,
+    "replace": BattleState._replace,
+    "detailschange": BattleState._detailschange,
+    "-formechange": BattleState._formechange,
+    "faint": BattleState._faint,
+    "-damage": BattleState._hp_change,
+    "-heal": BattleState._hp_change,
+    "-sethp": BattleState._hp_change,
+    "-status": BattleState._status,
+    "-curestatus": BattleState._curestatus,
+    "-cureteam": BattleState._cureteam,
+    "-boost": BattleState._boost,
+    "-unboost": BattleState._unboost,
+    "-setboost": BattleState._setboost,
+    "-clearboost": BattleState._clearboost,
+    "-clearallboost": BattleState._clearallboost,
+    "-clearnegativeboost": BattleState._clearnegativeboost,
+    "-clearpositiveboost": BattleState._clearpositiveboost,
+    "-invertboost": BattleState._invertboost,
+    "-copyboost": BattleState._copyboost,
+    "-swapboost": BattleState._swapboost,
+    "-start": BattleState._volatile_start,
+    "-end": BattleState._volatile_end,
+    "-activate": BattleState._activate,
+    "-item": BattleState._item,
+    "-enditem": BattleState._enditem,
+    "-ability": BattleState._ability,
+    "-endability": BattleState._endability,
+    "-transform": BattleState._transform,
+    "-terastallize": BattleState._terastallize,
+    "-mega": BattleState._mega,
+    "-zpower": BattleState._zpower,
+    "-mustrecharge": BattleState._mustrecharge,
+    "-weather": BattleState._weather,
+    "-fieldstart": BattleState._fieldstart,
+    "-fieldend": BattleState._fieldend,
+    "-sidestart": BattleState._sidestart,
+    "-sideend": BattleState._sideend,
+    "-swapsideconditions": BattleState._swapsideconditions,
+}
