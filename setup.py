@@ -18,7 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["pokeagent", "pokeagent.*"]),
-    package_data={"pokeagent.showdown": ["*.js"]},
+    package_data={"pokeagent.showdown": ["*.js", "data/*.json.gz"]},
     install_requires=[
         "torch>=2.4",
         "deepspeed>=0.19.8,<0.20",

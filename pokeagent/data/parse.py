@@ -69,6 +69,9 @@ class Decision:
     {'type': 'team', 'lead'}; None when unknown."""
     obs: dict | None = None
     """The encoder's arrays for the state the player saw (None when parsed without encoder)."""
+    line: int = 0
+    """Index of the log line at which the decision was taken (the state includes that line
+    for turn choices, excludes it for switches)."""
 
 
 @dataclass
@@ -95,7 +98,8 @@ class Trajectory:
         return sum(d.action >= 0 for d in self.decisions)
 
 
-Encoder = Callable[[BattleState, str, "Hindsight"], dict]
+Encoder = Callable[[BattleState, str, "Hindsight", int], dict]
+"""(public state, deciding side, own-team hindsight, decision kind) -> arrays."""
 
 
 @dataclass
@@ -194,13 +198,14 @@ class _Reconstruction:
 
     def __init__(
         self,
-        msgs: list[Message],
+        msgs: list[tuple[int, Message]],
         hindsight: Hindsight,
         gen: int,
         terastal_banned: bool,
         encoder: Encoder | None,
     ):
         self.msgs = msgs
+        self.line_no = 0
         self.hind = hindsight
         self.gen = gen
         self.terastal_banned = terastal_banned
@@ -217,9 +222,9 @@ class _Reconstruction:
 
     # --------------------------------------------------------------- decisions
     def _open(self, side: str, kind: int, legal: np.ndarray) -> Decision:
-        decision = Decision(turn=self.state.turn, kind=kind, legal=legal)
+        decision = Decision(turn=self.state.turn, kind=kind, legal=legal, line=self.line_no)
         if self.encoder is not None:
-            decision.obs = self.encoder(self.state, side, self.hind)
+            decision.obs = self.encoder(self.state, side, self.hind, kind)
         self.decisions[side].append(decision)
         return decision
 
@@ -303,7 +308,8 @@ class _Reconstruction:
     # --------------------------------------------------------------- the walk
     def run(self) -> dict[str, list[Decision]]:
         state = self.state
-        for msg in self.msgs:
+        for line_no, msg in self.msgs:
+            self.line_no = line_no
             kind = msg.kind
             handler = getattr(self, "_on_" + kind.replace("-", "_"), None)
             if handler is not None:
@@ -528,14 +534,17 @@ def parse_replay(replay: Replay, encoder: Encoder | None = None) -> tuple[Trajec
 
 
 def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Trajectory]:
-    msgs = [m for m in map(parse_line, replay.log.splitlines()) if m is not None]
+    numbered = [
+        (i, m) for i, m in enumerate(map(parse_line, replay.log.splitlines())) if m is not None
+    ]
+    msgs = [m for _, m in numbered]
     final = BattleState()
     for msg in msgs:
         final.apply(msg)
     _check_battle(msgs, final)
     hindsight = build_hindsight(final)
     terastal_banned = any(m.kind == "rule" and m.arg(0).startswith("Terastal Clause") for m in msgs)
-    walk = _Reconstruction(msgs, hindsight, final.gen, terastal_banned, encoder)
+    walk = _Reconstruction(numbered, hindsight, final.gen, terastal_banned, encoder)
     decisions = walk.run()
     ratings = replay.ratings or {}
     trajectories = []

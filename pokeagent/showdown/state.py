@@ -588,6 +588,8 @@ class BattleState:
             mon.volatiles.add(key)
         if key == "encore" and mon.last_move:
             mon.encored_move = mon.last_move
+        if key == "dynamax":
+            self.sides[mon.side].used_dynamax = True
         if key == "disable" and msg.arg(2):
             mon.disabled_move = msg.arg(2)
         self._reveal_from_tags(msg, mon)
