@@ -92,6 +92,51 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from pokeagent.data.encode import encode
+    from pokeagent.data.inspect import describe, render
+    from pokeagent.data.parse import SkipBattle, parse_replay
+    from pokeagent.data.sources import open_source
+
+    shown = 0
+    for index, replay in enumerate(open_source(args.replay)):
+        if index < args.index:
+            continue
+        try:
+            trajectories = parse_replay(replay, encoder=encode)
+        except SkipBattle as skip:
+            print(f"{replay.id}: skipped ({skip.reason})", file=sys.stderr)
+            return 1
+        for trajectory in trajectories:
+            if args.side and trajectory.side != args.side:
+                continue
+            if args.json:
+                for row in describe(trajectory):
+                    print(json.dumps(row, ensure_ascii=False))
+            else:
+                print(render(trajectory))
+        shown += 1
+        break
+    if not shown:
+        print(f"{args.replay}: no replay at index {args.index}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dex(args: argparse.Namespace) -> int:
+    from pokeagent.showdown.dex import DATA_FILE, export_dex
+    from pokeagent.showdown.install import install
+
+    out = Path(args.out) if args.out else DATA_FILE
+    path = export_dex(install(), out)
+    print(
+        f"dex exported from the pinned pokemon-showdown -> {path} ({path.stat().st_size:,} bytes)"
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pokeagent.demo import DemoConfig, run_demo
 
@@ -151,6 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--no-progress", action="store_true")
     gen.set_defaults(func=_generate)
+
+    ins = verbs.add_parser("inspect", help="a battle's reconstruction, decision by decision")
+    ins.add_argument(
+        "replay", help="a replay file (served JSON, .log.json, .log, JSONL, parquet) or folder"
+    )
+    ins.add_argument("--side", choices=("p1", "p2"), default=None, help="one player only")
+    ins.add_argument("--json", action="store_true", help="one JSON object per decision")
+    ins.add_argument(
+        "--index", type=int, default=0, help="which replay of a multi-replay file (0-based)"
+    )
+    ins.set_defaults(func=_inspect)
+
+    dex = verbs.add_parser("dex", help="the game data shipped with pokeagent")
+    dex_actions = dex.add_subparsers(dest="action", required=True)
+    p = dex_actions.add_parser(
+        "export", help="regenerate the dex file from the pinned pokemon-showdown"
+    )
+    p.add_argument("--out", default=None, help="where to write (default: the shipped file)")
+    dex.set_defaults(func=_dex)
 
     demo = verbs.add_parser(
         "demo", help="the CPU demo: the pipeline end to end, as far as it exists"

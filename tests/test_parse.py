@@ -141,3 +141,35 @@ def test_fuzzed_logs_never_crash_the_parser(shared_replays, showdown_package):
                 assert not skip.reason.startswith("parser error"), repr(skip.__cause__)
                 outcomes[skip.reason] = outcomes.get(skip.reason, 0) + 1
     assert outcomes["ok"] > 0 and len(outcomes) > 2
+
+
+def test_inspect_cli_prints_the_reconstruction(shared_replays):
+    import subprocess
+    import sys
+
+    path = shared_replays / "human" / "smogtours-gen9ou-733546.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "pokeagent", "inspect", str(path), "--side", "p2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rows and all(r["side"] == "p2" for r in rows)
+    assert rows[0]["kind"] == "team_preview" and rows[0]["action"] == {
+        "type": "team",
+        "lead": rows[0]["action"]["lead"],
+    }
+    assert {r["kind"] for r in rows} <= {"team_preview", "turn", "forced_switch"}
+    for row in rows:
+        assert row["action"] is None or row["action"] in row["legal"]
+    moves = [r["action"]["name"] for r in rows if r["action"] and r["action"]["type"] == "move"]
+    assert moves and all(isinstance(m, str) for m in moves)
+    text = subprocess.run(
+        [sys.executable, "-m", "pokeagent", "inspect", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert text.returncode == 0 and "team_preview" in text.stdout and "amaterus" in text.stdout

@@ -69,6 +69,8 @@ class Decision:
     {'type': 'team', 'lead'}; None when unknown."""
     obs: dict | None = None
     """The encoder's arrays for the state the player saw (None when parsed without encoder)."""
+    active_slot: int | None = None
+    """The own team slot (canonical order) of the active Pokémon; None at team preview."""
     line: int = 0
     """Index of the log line at which the decision was taken (the state includes that line
     for turn choices, excludes it for switches)."""
@@ -222,7 +224,11 @@ class _Reconstruction:
 
     # --------------------------------------------------------------- decisions
     def _open(self, side: str, kind: int, legal: np.ndarray) -> Decision:
-        decision = Decision(turn=self.state.turn, kind=kind, legal=legal, line=self.line_no)
+        active = self.state.sides[side].active
+        slot = self.hind.slot_of(side, active.name) if active is not None else None
+        decision = Decision(
+            turn=self.state.turn, kind=kind, legal=legal, line=self.line_no, active_slot=slot
+        )
         if self.encoder is not None:
             decision.obs = self.encoder(self.state, side, self.hind, kind)
         self.decisions[side].append(decision)

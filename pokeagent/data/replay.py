@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_PLAYER_LINE = re.compile(r"^\|player\|(p[12])\|([^|\n]*)\|[^|\n]*\|(\d+)?", re.MULTILINE)
+# `|player|SIDE|NAME|AVATAR|RATING`: older logs and server logs stop after AVATAR (no trailing
+# `|`), newer ones end `|AVATAR|` with an empty RATING; all three must match.
+_PLAYER_LINE = re.compile(r"^\|player\|(p[12])\|([^|\n]*)(?:\|[^|\n]*(?:\|(\d+))?)?", re.MULTILINE)
 _WIN_LINE = re.compile(r"^\|win\|(.*)$", re.MULTILINE)
 _TIE_LINE = re.compile(r"^\|tie\s*$", re.MULTILINE)
 

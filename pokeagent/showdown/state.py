@@ -339,6 +339,9 @@ class BattleState:
                     mon = candidate
                     mon.name = ref.name
                     mon.species = details.species
+                    if mon.start_species.endswith("-*"):
+                        # Team preview hides some formes (`Zamazenta-*`); its owner knew it.
+                        mon.start_species = details.species
                     break
         if mon is None:
             mon = PokemonState(
