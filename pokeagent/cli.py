@@ -137,6 +137,14 @@ def _dex(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    if args.what == "parse":
+        from pokeagent.bench.parse import run_parse_bench
+
+        print(run_parse_bench(args.format, args.battles, args.seed).table())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pokeagent.demo import DemoConfig, run_demo
 
@@ -215,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="where to write (default: the shipped file)")
     dex.set_defaults(func=_dex)
+
+    bench = verbs.add_parser("bench", help="throughput benchmarks (figures, not tests)")
+    bench_what = bench.add_subparsers(dest="what", required=True)
+    p = bench_what.add_parser(
+        "parse", help="parse+encode replays/s per core vs poke-env's tracking"
+    )
+    p.add_argument("--format", default="gen9randombattle")
+    p.add_argument("--battles", type=int, default=300, help="size of the fixed simulator corpus")
+    p.add_argument("--seed", type=int, default=0)
+    bench.set_defaults(func=_bench)
 
     demo = verbs.add_parser(
         "demo", help="the CPU demo: the pipeline end to end, as far as it exists"

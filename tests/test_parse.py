@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -173,3 +174,26 @@ def test_inspect_cli_prints_the_reconstruction(shared_replays):
         timeout=120,
     )
     assert text.returncode == 0 and "team_preview" in text.stdout and "amaterus" in text.stdout
+
+
+def test_bench_parse_prints_both_contestants(showdown_package, tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(__import__("os").environ, POKEAGENT_CACHE=str(tmp_path / "cache"))
+    # The bench installs the simulator into its cache: point it at the installed one.
+    (tmp_path / "cache" / "showdown").mkdir(parents=True)
+    (tmp_path / "cache" / "showdown" / showdown_package.parents[1].name).symlink_to(
+        showdown_package.parents[1]
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pokeagent", "bench", "parse", "--battles", "6"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "corpus: 6 replays" in out.stdout
+    assert re.search(r"poke-env Battle tracking, 1 POV: +\d+\.\d replays/s", out.stdout)
+    assert re.search(r"ratio pokeagent / poke-env: +\d+\.\d\dx", out.stdout)

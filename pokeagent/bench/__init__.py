@@ -1,0 +1,1 @@
+"""`pokeagent bench ...`: throughput figures, printed (tests check correctness, benchmarks speed)."""
