@@ -1,8 +1,9 @@
 """`pokeagent demo`: the README's main command, the pipeline end to end as far as it exists.
 
 Today: install the pinned simulator, play battles between poke-env baselines on a local server
-(heuristic vs maxpower) and in-process simulator battles (sim-random), and write replays plus
-ground truth. Parsing, packing, training and evaluation stages join as they land.
+(heuristic vs maxpower) and in-process simulator battles (sim-random), write replays plus
+ground truth, then parse and encode every replay into both players' trajectories and audit the
+parser's labels against the ground truth. Packing, training and evaluation join as they land.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pokeagent.data.audit import audit, generated_records
+from pokeagent.data.encode import encode
 from pokeagent.data.generate import SIM_RANDOM, GenerateConfig, generate
 from pokeagent.showdown.install import install
 
@@ -33,13 +36,13 @@ def _stage(title: str) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run every stage that exists; returns the stage summaries by name."""
+    """Run every stage that exists; returns the generation summaries by name."""
     out = Path(cfg.out)
-    _stage("1/3 simulator: pokemon-showdown (pinned)")
+    _stage("1/4 simulator: pokemon-showdown (pinned)")
     print(f"installed at {install()}")
 
     results = {}
-    _stage(f"2/3 battles on a local server: heuristic vs maxpower, {cfg.battles} x {cfg.format}")
+    _stage(f"2/4 battles on a local server: heuristic vs maxpower, {cfg.battles} x {cfg.format}")
     server_cfg = GenerateConfig(
         out=out / "battles-baselines",
         format=cfg.format,
@@ -50,7 +53,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     results["baselines"] = generate(server_cfg)
     print(results["baselines"].table())
 
-    _stage(f"3/3 in-process simulator battles: sim-random, {cfg.battles} x {cfg.format}")
+    _stage(f"3/4 in-process simulator battles: sim-random, {cfg.battles} x {cfg.format}")
     sim_cfg = GenerateConfig(
         out=out / "battles-sim-random",
         format=cfg.format,
@@ -62,9 +65,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     results["sim-random"] = generate(sim_cfg)
     print(results["sim-random"].table())
 
+    _stage("4/4 parse + encode both players' views; audit the labels against the ground truth")
+    audits = {}
+    for name, stage_cfg in (("baselines", server_cfg), ("sim-random", sim_cfg)):
+        audits[name] = audit(generated_records(stage_cfg.out), encoder=encode)
+        print(f"{name:>12}: {audits[name].summary()}")
+
     _stage("report")
     for name, summary in results.items():
         print(f"{name:>12}: {summary.table()}")
+        print(f"{'':>12}  parser: {audits[name].summary()}")
     print(
         f"\nreplays and ground truth under {out}/ (replays.jsonl, ground_truth.jsonl, summary.json)"
     )

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pokeagent.data.parse import SkipBattle, Trajectory, parse_replay
+from pokeagent.data.parse import Encoder, SkipBattle, Trajectory, parse_replay
 from pokeagent.data.replay import Replay
 from pokeagent.showdown import actions as A
 
@@ -90,8 +90,11 @@ def audit_trajectory(
             )
 
 
-def audit(records: Iterable[dict]) -> AuditReport:
-    """Audit battle records (simtool's shape: id, format, players, log, winner, decisions)."""
+def audit(records: Iterable[dict], encoder: Encoder | None = None) -> AuditReport:
+    """Audit battle records (simtool's shape: id, format, players, log, winner, decisions).
+
+    With `encoder`, every decision is also encoded, as when packing.
+    """
     report = AuditReport()
     for record in records:
         if "error" in record:
@@ -106,7 +109,7 @@ def audit(records: Iterable[dict]) -> AuditReport:
             source="audit",
         )
         try:
-            trajectories = parse_replay(replay)
+            trajectories = parse_replay(replay, encoder=encoder)
         except SkipBattle as skip:
             report.skipped[skip.reason] += 1
             continue
@@ -115,3 +118,22 @@ def audit(records: Iterable[dict]) -> AuditReport:
             real = [d for d in record["decisions"] if d["side"] == trajectory.side]
             audit_trajectory(record["id"], trajectory, real, report)
     return report
+
+
+def generated_records(folder) -> Iterable[dict]:
+    """Battle records from a `pokeagent generate` folder (replays.jsonl + ground_truth.jsonl)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    with (
+        open(folder / "replays.jsonl", encoding="utf-8") as replays,
+        open(folder / "ground_truth.jsonl", encoding="utf-8") as truths,
+    ):
+        for replay_line, truth_line in zip(replays, truths, strict=True):
+            replay, truth = json.loads(replay_line), json.loads(truth_line)
+            if replay["id"] != truth["id"]:
+                raise ValueError(
+                    f"{folder}: replays.jsonl and ground_truth.jsonl disagree at {replay['id']}"
+                )
+            yield {**truth, "format": replay["formatid"], "log": replay["log"]}
