@@ -27,6 +27,7 @@ import numpy as np
 
 from pokeagent.data.replay import Replay
 from pokeagent.showdown import actions as A
+from pokeagent.showdown.dex import Dex
 from pokeagent.showdown.protocol import (
     Message,
     effect_name,
@@ -119,6 +120,8 @@ class TeamMember:
     tera_type: str | None
     mega: bool
     """It Mega Evolves (or Primal/Ultra Bursts) at some point."""
+    zmove: bool
+    """It uses a Z-Move at some point."""
 
 
 @dataclass
@@ -161,6 +164,7 @@ def build_hindsight(final: BattleState) -> Hindsight:
                     ability=mon.ability,
                     tera_type=mon.tera_type if mon.terastallized else None,
                     mega=mon.mega_evolved,
+                    zmove=mon.used_zmove,
                 )
             )
         members.sort(key=lambda m: normalise(m.species))
@@ -203,14 +207,15 @@ class _Reconstruction:
         msgs: list[tuple[int, Message]],
         hindsight: Hindsight,
         gen: int,
-        terastal_banned: bool,
+        banned_gimmicks: set[str],
         encoder: Encoder | None,
     ):
         self.msgs = msgs
         self.line_no = 0
         self.hind = hindsight
         self.gen = gen
-        self.terastal_banned = terastal_banned
+        self.banned_gimmicks = banned_gimmicks
+        self.dex = Dex.load()
         self.encoder = encoder
         self.state = BattleState()
         self.decisions: dict[str, list[Decision]] = {s: [] for s in SIDES}
@@ -287,11 +292,42 @@ class _Reconstruction:
         live = self.state.sides[side]
         if active is None:
             return False
+        member = self.hind.team[side][slot] if slot is not None else None
         if self.gen == 9:
-            return not live.used_tera and not self.terastal_banned
-        if self.gen in (6, 7) and slot is not None and self.hind.team[side][slot].mega:
+            return not live.used_tera and "terastallize" not in self.banned_gimmicks
+        if self.gen in (6, 7) and member is not None and member.mega:
             return not live.used_mega and not active.mega_evolved
+        if self.gen == 7 and member is not None and member.zmove:
+            return not live.used_zmove
+        if self.gen == 8:
+            return not live.used_dynamax and "dynamax" not in self.banned_gimmicks
         return False
+
+    def _base_move(self, side: str, mon: PokemonState, move: str) -> str | None:
+        """The move a Z-/Max Move was made from, when the log leaves one possibility.
+
+        The log names only the Z-/Max Move; its type (or, for Max Guard, being a status move)
+        points at the base move. Only a fully known moveset rules out an unrevealed match.
+        """
+        record = self.dex.move(move, self.gen)
+        slot = self.hind.slot_of(side, mon.name)
+        if record is None or not (record["isZ"] or record["isMax"]) or slot is None:
+            return None
+        moves = self.hind.team[side][slot].moves
+        if len(moves) < A.N_MOVES:
+            return None
+        bases = [self.dex.move(m, self.gen) for m in moves]
+        if record["category"] == "Status":
+            candidates = [
+                m for m, b in zip(moves, bases, strict=True) if b and b["category"] == "Status"
+            ]
+        else:
+            candidates = [
+                m
+                for m, b in zip(moves, bases, strict=True)
+                if b and b["category"] != "Status" and b["type"] == record["type"]
+            ]
+        return candidates[0] if len(candidates) == 1 else None
 
     # --------------------------------------------------------------- labels
     def _move_label(self, side: str, mon: PokemonState, move: str) -> tuple[int, dict | None]:
@@ -379,12 +415,14 @@ class _Reconstruction:
             # Status Z-Moves are named after their base move: `Z-Quiver Dance`.
             label, info = self._move_label(ref.side, mon, move[2:])
             self._label(decision, label, info)
-        elif (
-            move in ("Struggle", "Recharge")
-            or move.startswith(("Max ", "G-Max "))
-            or "zeffect" in msg.tags
-        ):
-            pass  # forced, or a Z-/Max Move whose base move the log does not name: unknown
+        elif move.startswith(("Max ", "G-Max ")) or "zeffect" in msg.tags:
+            # A Z-/Max Move names its effect, not the move chosen: recover it where unambiguous.
+            base = self._base_move(ref.side, mon, move)
+            if base is not None:
+                label, info = self._move_label(ref.side, mon, base)
+                self._label(decision, label, info)
+        elif move in ("Struggle", "Recharge"):
+            pass  # forced: the player had no choice to reveal
         else:
             label, info = self._move_label(ref.side, mon, move)
             self._label(decision, label, info)
@@ -471,6 +509,8 @@ class _Reconstruction:
             self._forced_out(msg)
 
     def _on__start(self, msg: Message) -> None:
+        if effect_name(msg.arg(1)) == "Dynamax":
+            self._gimmick(msg, "dynamax")
         # Encored before it moved: the move it makes is the encored one, not its choice.
         if effect_name(msg.arg(1)) == "Encore":
             ref = parse_pokemon_ref(msg.arg(0))
@@ -549,8 +589,13 @@ def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Traject
         final.apply(msg)
     _check_battle(msgs, final)
     hindsight = build_hindsight(final)
-    terastal_banned = any(m.kind == "rule" and m.arg(0).startswith("Terastal Clause") for m in msgs)
-    walk = _Reconstruction(numbered, hindsight, final.gen, terastal_banned, encoder)
+    banned = set()
+    for msg in msgs:
+        if msg.kind == "rule" and msg.arg(0).startswith("Terastal Clause"):
+            banned.add("terastallize")
+        elif msg.kind == "rule" and msg.arg(0).startswith("Dynamax Clause"):
+            banned.add("dynamax")
+    walk = _Reconstruction(numbered, hindsight, final.gen, banned, encoder)
     decisions = walk.run()
     ratings = replay.ratings or {}
     trajectories = []

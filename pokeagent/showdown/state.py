@@ -229,6 +229,8 @@ class PokemonState:
     last_move: str | None = None
     """Last move it chose since it switched in (choice-item locks)."""
     mega_evolved: bool = False
+    used_zmove: bool = False
+    """It used a Z-Move (so it holds a Z-Crystal)."""
     disabled_move: str | None = None
     encored_move: str | None = None
     temporary_forme: str | None = None
@@ -728,6 +730,7 @@ class BattleState:
     def _zpower(self, msg: Message) -> None:
         mon = self.mon(msg.arg(0))
         if mon is not None:
+            mon.used_zmove = True
             self.sides[mon.side].used_zmove = True
 
     def _mustrecharge(self, msg: Message) -> None:
