@@ -92,6 +92,25 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pack(args: argparse.Namespace) -> int:
+    from pokeagent.data.pack import PackConfig, pack, parse_size
+
+    cfg = PackConfig(
+        sources=args.sources,
+        out=Path(args.out),
+        workers=args.workers,
+        formats=[f.strip() for f in args.formats.split(",")] if args.formats else None,
+        min_rating=args.min_rating,
+        shard_size=parse_size(args.shard_size),
+        val_fraction=args.val_fraction,
+        chunk=args.chunk,
+    )
+    summary = pack(cfg, progress=not args.no_progress)
+    print(summary.table())
+    print(f"-> {cfg.out}/ (manifest.json)")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
@@ -204,6 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--no-progress", action="store_true")
     gen.set_defaults(func=_generate)
+
+    pk = verbs.add_parser(
+        "pack", help="replays -> parsed, encoded trajectories in WebDataset shards"
+    )
+    pk.add_argument(
+        "sources", nargs="+", help="replay files or folders (JSON, .log.json, .log, JSONL, parquet)"
+    )
+    pk.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
+    pk.add_argument("--workers", type=int, default=max(1, (__import__("os").cpu_count() or 2) - 1))
+    pk.add_argument("--formats", default=None, help="comma-separated format ids to keep")
+    pk.add_argument("--min-rating", type=int, default=None)
+    pk.add_argument("--shard-size", default="256MB", help="target shard size (e.g. 256MB)")
+    pk.add_argument("--val-fraction", type=float, default=0.01)
+    pk.add_argument("--chunk", type=int, default=32, help="replays per worker task")
+    pk.add_argument("--no-progress", action="store_true")
+    pk.set_defaults(func=_pack)
 
     ins = verbs.add_parser("inspect", help="a battle's reconstruction, decision by decision")
     ins.add_argument(
