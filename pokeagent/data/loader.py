@@ -1,0 +1,307 @@
+"""The training loader: shards -> shuffled windows of K decisions -> batches, forever, resumable.
+
+    loader = TrajectoryLoader(LoaderConfig(shards="shards/gen9", batch_size=32), rank=r, world_size=n)
+    for step, batch in zip(range(steps), loader): ...
+    state = loader.state_dict()          # this rank's cursor: save it with the checkpoint
+    loader.load_state_dict(state)        # a new loader continues with exactly the next batches
+
+How the stream is made, and why it can be resumed exactly:
+- Epoch e shuffles the shard list with a seed from (seed, e) only; global worker g = rank x W + w
+  of G = world x W takes shards g, g+G, ... (disjoint and complete; with fewer shards than G,
+  workers wrap around so that no one is idle). Each worker streams its shards epoch after epoch,
+  forever: every rank yields a batch at every step, no rank runs dry and hangs a collective.
+- Samples pass through a shuffle buffer; each popped trajectory yields one window of K
+  consecutive decisions at a random start (shorter ones are padded, `mask` marks real steps).
+- A worker's cursor is small: epoch, position in its shard list, samples read from the current
+  shard, the identities (epoch, shard position, sample index) of the samples in its buffer, and
+  its RNG state. Each batch carries its worker's cursor as of that batch; the loader keeps the
+  cursor of the last batch it handed out from each worker, and which worker comes next. A new
+  loader rebuilds each buffer by reading those samples again and goes on from there.
+- A corrupt or truncated shard is logged by name, counted, and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pokeagent.data.shards import read_shard
+
+log = logging.getLogger(__name__)
+
+_CURSOR = "_cursor"
+
+
+@dataclass
+class LoaderConfig:
+    """Where the shards are and how batches are cut."""
+
+    shards: str | Path | list[str]
+    """A folder of shards (its `<split>-*.tar`), or an explicit list of shard paths."""
+    split: str = "train"
+    """Which split's shards to read from a folder."""
+    batch_size: int = 32
+    """Trajectory windows per batch (per rank)."""
+    window: int = 64
+    """Decisions per window (K)."""
+    workers: int = 2
+    """Loader worker processes per rank (0: read in the training process)."""
+    shuffle_buffer: int = 256
+    """Trajectories held for shuffling, per worker."""
+    seed: int = 0
+    """Shard order, buffer and window starts derive from it (and the epoch, rank and worker)."""
+    min_rating: int | None = None
+    """Read-time filter: both known ratings >= this (trajectories without any rating are dropped)."""
+    formats: list[str] | None = None
+    """Read-time filter: format ids to keep."""
+    prefetch_factor: int = 4
+    """Batches each worker prepares ahead."""
+    shard_paths: list[str] = field(default_factory=list, init=False)
+
+    def __post_init__(self):
+        if isinstance(self.shards, list):
+            self.shard_paths = [str(p) for p in self.shards]
+        else:
+            self.shard_paths = sorted(str(p) for p in Path(self.shards).glob(f"{self.split}-*.tar"))
+        if not self.shard_paths:
+            raise FileNotFoundError(
+                f"no {self.split} shards in {self.shards} (expected {self.split}-000000.tar ...)"
+            )
+        if self.batch_size < 1 or self.window < 1 or self.shuffle_buffer < 1:
+            raise ValueError("batch_size, window and shuffle_buffer must be >= 1")
+
+
+def worker_shards(
+    paths: list[str], seed: int, epoch: int, global_worker: int, n_workers: int
+) -> list[str]:
+    """The shards one global worker reads in one epoch (a pure function of its arguments)."""
+    order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(paths))
+    shuffled = [paths[i] for i in order]
+    if len(shuffled) >= n_workers:
+        return shuffled[global_worker::n_workers]
+    # Fewer shards than workers: wrap around rather than leave a worker (and its rank) idle.
+    return [shuffled[global_worker % len(shuffled)]]
+
+
+def _window(sample: dict, start: int, size: int) -> dict[str, np.ndarray]:
+    steps = len(sample["action"])
+    end = min(steps, start + size)
+    out = {}
+    for name in ("tokens", "features", "globals", "legal", "action", "kind", "turn"):
+        part = sample[name][start:end]
+        if end - start < size:
+            pad = np.zeros((size - (end - start), *part.shape[1:]), dtype=part.dtype)
+            if name == "action":
+                pad -= 1  # padding is never a label
+            part = np.concatenate([part, pad])
+        out[name] = part
+    mask = np.zeros(size, dtype=bool)
+    mask[: end - start] = True
+    out["mask"] = mask
+    return out
+
+
+def collate(
+    windows: list[dict[str, np.ndarray]], infos: list[np.ndarray]
+) -> dict[str, torch.Tensor]:
+    """Windows -> a batch of tensors (tokens as int64 for embeddings, features as float32)."""
+    info = np.stack(infos)
+    return {
+        "tokens": torch.from_numpy(np.stack([w["tokens"] for w in windows]).astype(np.int64)),
+        "features": torch.from_numpy(np.stack([w["features"] for w in windows]).astype(np.float32)),
+        "globals": torch.from_numpy(np.stack([w["globals"] for w in windows]).astype(np.float32)),
+        "legal": torch.from_numpy(np.stack([w["legal"] for w in windows]).astype(bool)),
+        "action": torch.from_numpy(np.stack([w["action"] for w in windows]).astype(np.int64)),
+        "kind": torch.from_numpy(np.stack([w["kind"] for w in windows]).astype(np.int64)),
+        "turn": torch.from_numpy(np.stack([w["turn"] for w in windows]).astype(np.int64)),
+        "mask": torch.from_numpy(np.stack([w["mask"] for w in windows])),
+        "outcome": torch.from_numpy(info[:, 3].astype(np.float32) / 2.0),
+        "gen": torch.from_numpy(info[:, 0].astype(np.int64)),
+    }
+
+
+class _WorkerStream:
+    """One global worker's endless, resumable stream of batches."""
+
+    def __init__(self, cfg: LoaderConfig, global_worker: int, n_workers: int, cursor: dict | None):
+        self.cfg, self.g, self.n = cfg, global_worker, n_workers
+        self.corrupt_shards: dict[str, str] = {}
+        self.rng = np.random.default_rng([cfg.seed, global_worker, 0xB0F])
+        self.epoch, self.shard_pos, self.sample_pos = 0, 0, 0
+        self.buffer: list[tuple[tuple[int, int, int], dict]] = []
+        if cursor is not None:
+            self._restore(cursor)
+
+    def _shards(self, epoch: int) -> list[str]:
+        return worker_shards(self.cfg.shard_paths, self.cfg.seed, epoch, self.g, self.n)
+
+    def _keep(self, sample: dict) -> bool:
+        cfg = self.cfg
+        if cfg.formats is not None and sample["format"] not in cfg.formats:
+            return False
+        if cfg.min_rating is not None:
+            # As in `pokeagent pack`: every known rating must reach it, and one must be known.
+            ratings = [int(r) for r in sample["info"][1:3] if r >= 0]
+            if not ratings or any(r < cfg.min_rating for r in ratings):
+                return False
+        return len(sample["action"]) > 0
+
+    def _read(self, path: str, skip: int = 0) -> Iterator[tuple[int, dict]]:
+        try:
+            for index, sample in enumerate(read_shard(path)):
+                if index >= skip:
+                    yield index, sample
+        except ValueError as error:
+            if path not in self.corrupt_shards:
+                log.warning("skipping corrupt shard %s: %s", path, error)
+            self.corrupt_shards[path] = str(error)
+
+    def _restore(self, cursor: dict) -> None:
+        self.epoch, self.shard_pos, self.sample_pos = (
+            cursor["epoch"],
+            cursor["shard_pos"],
+            cursor["sample_pos"],
+        )
+        self.rng.bit_generator.state = cursor["rng"]
+        wanted = [tuple(identity) for identity in cursor["buffer"]]
+        by_shard: dict[tuple[int, int], set[int]] = {}
+        for epoch, shard_pos, index in wanted:
+            by_shard.setdefault((epoch, shard_pos), set()).add(index)
+        found: dict[tuple[int, int, int], dict] = {}
+        for (epoch, shard_pos), indices in by_shard.items():
+            for index, sample in self._read(self._shards(epoch)[shard_pos]):
+                if index in indices:
+                    found[(epoch, shard_pos, index)] = sample
+        self.buffer = [(identity, found[identity]) for identity in wanted if identity in found]
+
+    def cursor(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "shard_pos": self.shard_pos,
+            "sample_pos": self.sample_pos,
+            "buffer": [list(identity) for identity, _ in self.buffer],
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def _samples(self) -> Iterator[tuple[tuple[int, int, int], dict]]:
+        """Samples in stream order from the cursor on, forever; advances the cursor as it goes."""
+        empty_epochs = 0
+        while True:
+            shards = self._shards(self.epoch)
+            yielded = False
+            while self.shard_pos < len(shards):
+                for index, sample in self._read(shards[self.shard_pos], skip=self.sample_pos):
+                    self.sample_pos = index + 1
+                    if self._keep(sample):
+                        yielded = True
+                        yield (self.epoch, self.shard_pos, index), sample
+                self.shard_pos, self.sample_pos = self.shard_pos + 1, 0
+            self.epoch, self.shard_pos = self.epoch + 1, 0
+            empty_epochs = 0 if yielded or self.buffer else empty_epochs + 1
+            if empty_epochs >= 2:
+                raise RuntimeError(
+                    f"loader worker {self.g}: a whole epoch of {shards} gave no sample "
+                    f"(all filtered out or corrupt: {self.corrupt_shards})"
+                )
+
+    def batches(self) -> Iterator[dict]:
+        source = self._samples()
+        cfg = self.cfg
+        while True:
+            windows, infos = [], []
+            while len(windows) < cfg.batch_size:
+                while len(self.buffer) < cfg.shuffle_buffer:
+                    self.buffer.append(next(source))
+                pick = int(self.rng.integers(len(self.buffer)))
+                self.buffer[pick], self.buffer[-1] = self.buffer[-1], self.buffer[pick]
+                _, sample = self.buffer.pop()
+                steps = len(sample["action"])
+                start = int(self.rng.integers(max(1, steps - cfg.window + 1)))
+                windows.append(_window(sample, start, cfg.window))
+                infos.append(sample["info"])
+            batch = collate(windows, infos)
+            batch[_CURSOR] = self.cursor()
+            batch["_corrupt_shards"] = dict(self.corrupt_shards)
+            yield batch
+
+
+class _Dataset(IterableDataset):
+    def __init__(
+        self, cfg: LoaderConfig, rank: int, world_size: int, cursors: dict[int, dict], offset: int
+    ):
+        self.cfg, self.rank, self.world = cfg, rank, world_size
+        self.cursors, self.offset = cursors, offset
+
+    def __iter__(self):
+        info = get_worker_info()
+        n_local = max(1, self.cfg.workers)
+        local = ((info.id if info is not None else 0) + self.offset) % n_local
+        stream = _WorkerStream(
+            self.cfg, self.rank * n_local + local, self.world * n_local, self.cursors.get(local)
+        )
+        for batch in stream.batches():
+            batch["_worker"] = local
+            yield batch
+
+
+class TrajectoryLoader:
+    """This rank's endless batches, with a cursor for exact resume (see the module docstring)."""
+
+    def __init__(self, cfg: LoaderConfig, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.cfg, self.rank, self.world = cfg, rank, world_size
+        self.cursors: dict[int, dict] = {}
+        self.batches_served = 0
+        self.corrupt_shards: dict[str, str] = {}
+
+    def state_dict(self) -> dict:
+        return {
+            "rank": self.rank,
+            "world_size": self.world,
+            "workers": max(1, self.cfg.workers),
+            "seed": self.cfg.seed,
+            "batches_served": self.batches_served,
+            "cursors": {str(k): v for k, v in self.cursors.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        expected = (self.rank, self.world, max(1, self.cfg.workers), self.cfg.seed)
+        found = (state["rank"], state["world_size"], state["workers"], state["seed"])
+        if found != expected:
+            raise ValueError(
+                f"loader state for (rank, world, workers, seed) {found} cannot resume {expected}"
+            )
+        self.batches_served = state["batches_served"]
+        self.cursors = {int(k): v for k, v in state["cursors"].items()}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        n_local = max(1, self.cfg.workers)
+        # DataLoader always starts with its worker 0: rotate so that the worker whose turn it was
+        # comes first, keeping the round-robin order of an uninterrupted run.
+        dataset = _Dataset(
+            self.cfg, self.rank, self.world, dict(self.cursors), self.batches_served % n_local
+        )
+        kwargs = (
+            {"prefetch_factor": self.cfg.prefetch_factor, "persistent_workers": False}
+            if self.cfg.workers
+            else {}
+        )
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.cfg.workers, **kwargs)
+        for batch in loader:
+            self.cursors[int(batch.pop("_worker"))] = batch.pop(_CURSOR)
+            self.corrupt_shards.update(batch.pop("_corrupt_shards"))
+            self.batches_served += 1
+            yield batch
+
+
+def steps_per_epoch(total_samples: int, batch_size: int, world_size: int) -> int:
+    """Batches per rank that one pass over `total_samples` trajectories takes (for schedules)."""
+    return max(1, math.ceil(total_samples / (batch_size * world_size)))
