@@ -161,6 +161,22 @@ def _bench(args: argparse.Namespace) -> int:
         from pokeagent.bench.parse import run_parse_bench
 
         print(run_parse_bench(args.format, args.battles, args.seed).table())
+    elif args.what == "load":
+        from pokeagent.bench.load import run_load_bench, table
+
+        workers = [int(w) for w in args.workers.split(",")]
+        print(
+            table(
+                run_load_bench(
+                    args.shards,
+                    workers,
+                    args.batches,
+                    args.batch_size,
+                    args.window,
+                    args.consume_ms,
+                )
+            )
+        )
     return 0
 
 
@@ -267,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="gen9randombattle")
     p.add_argument("--battles", type=int, default=300, help="size of the fixed simulator corpus")
     p.add_argument("--seed", type=int, default=0)
+    p = bench_what.add_parser("load", help="loader samples/s and decisions/s, 1 and N workers")
+    p.add_argument("--shards", required=True, help="a folder written by `pokeagent pack`")
+    p.add_argument("--workers", default="0,1,2", help="worker counts to measure (0: in-process)")
+    p.add_argument("--batches", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument(
+        "--consume-ms", type=float, default=0.0, help="pretend work per batch (data-wait share)"
+    )
     bench.set_defaults(func=_bench)
 
     demo = verbs.add_parser(

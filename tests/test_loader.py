@@ -86,7 +86,8 @@ def test_batches_have_the_documented_shapes(shard_dir):
     batch = _take(
         TrajectoryLoader(LoaderConfig(shards=shard_dir, batch_size=3, window=200, workers=0)), 1
     )[0]
-    assert batch["tokens"].shape[:3] == (3, 200, 12) and batch["tokens"].dtype == torch.int64
+    assert batch["tokens"].shape[:3] == (3, 200, 12) and batch["tokens"].dtype == torch.int16
+    assert batch["features"].dtype == torch.float16 and batch["legal"].dtype == torch.bool
     assert batch["legal"].shape == (3, 200, 14)
     # A window longer than the trajectory is padded: masked steps carry no label.
     assert not batch["mask"].all()
@@ -114,3 +115,31 @@ def test_resume_refuses_another_layout(shard_dir):
     other = TrajectoryLoader(LoaderConfig(shards=shard_dir, workers=0), rank=0, world_size=1)
     with pytest.raises(ValueError, match="cannot resume"):
         other.load_state_dict(loader.state_dict())
+
+
+def test_bench_load_prints_figures(shard_dir):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pokeagent",
+            "bench",
+            "load",
+            "--shards",
+            str(shard_dir),
+            "--workers",
+            "0,1",
+            "--batches",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["0", "1"]
+    assert all(float(r[3]) > 0 for r in rows)  # decisions/s

@@ -111,16 +111,21 @@ def _window(sample: dict, start: int, size: int) -> dict[str, np.ndarray]:
 def collate(
     windows: list[dict[str, np.ndarray]], infos: list[np.ndarray]
 ) -> dict[str, torch.Tensor]:
-    """Windows -> a batch of tensors (tokens as int64 for embeddings, features as float32)."""
+    """Windows -> a batch of tensors.
+
+    Arrays keep their stored dtypes (tokens int16, features float16, action int8...): a
+    fraction of the bytes to move from worker processes and to the GPU; the model and the loss
+    widen them on the device (`tokens.long()`, `features.float()`, `action.long()`).
+    """
     info = np.stack(infos)
     return {
-        "tokens": torch.from_numpy(np.stack([w["tokens"] for w in windows]).astype(np.int64)),
-        "features": torch.from_numpy(np.stack([w["features"] for w in windows]).astype(np.float32)),
-        "globals": torch.from_numpy(np.stack([w["globals"] for w in windows]).astype(np.float32)),
-        "legal": torch.from_numpy(np.stack([w["legal"] for w in windows]).astype(bool)),
-        "action": torch.from_numpy(np.stack([w["action"] for w in windows]).astype(np.int64)),
-        "kind": torch.from_numpy(np.stack([w["kind"] for w in windows]).astype(np.int64)),
-        "turn": torch.from_numpy(np.stack([w["turn"] for w in windows]).astype(np.int64)),
+        "tokens": torch.from_numpy(np.stack([w["tokens"] for w in windows])),
+        "features": torch.from_numpy(np.stack([w["features"] for w in windows])),
+        "globals": torch.from_numpy(np.stack([w["globals"] for w in windows])),
+        "legal": torch.from_numpy(np.stack([w["legal"] for w in windows]).view(np.bool_)),
+        "action": torch.from_numpy(np.stack([w["action"] for w in windows])),
+        "kind": torch.from_numpy(np.stack([w["kind"] for w in windows])),
+        "turn": torch.from_numpy(np.stack([w["turn"] for w in windows])),
         "mask": torch.from_numpy(np.stack([w["mask"] for w in windows])),
         "outcome": torch.from_numpy(info[:, 3].astype(np.float32) / 2.0),
         "gen": torch.from_numpy(info[:, 0].astype(np.int64)),
