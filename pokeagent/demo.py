@@ -2,18 +2,22 @@
 
 Today: install the pinned simulator, play battles between poke-env baselines on a local server
 (heuristic vs maxpower) and in-process simulator battles (sim-random), write replays plus
-ground truth, then parse and encode every replay into both players' trajectories and audit the
-parser's labels against the ground truth. Packing, training and evaluation join as they land.
+ground truth, parse and encode every replay into both players' trajectories and audit the
+parser's labels against the ground truth, pack them into WebDataset shards and stream training
+batches from them. Training and evaluation join as they land.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from pokeagent.data.audit import audit, generated_records
 from pokeagent.data.encode import encode
 from pokeagent.data.generate import SIM_RANDOM, GenerateConfig, generate
+from pokeagent.data.loader import LoaderConfig, TrajectoryLoader
+from pokeagent.data.pack import PackConfig, pack
 from pokeagent.showdown.install import install
 
 
@@ -29,6 +33,8 @@ class DemoConfig:
     """Seeds every stage."""
     format: str = "gen9randombattle"
     """Showdown format of the generated battles."""
+    workers: int = 2
+    """Worker processes for packing."""
 
 
 def _stage(title: str) -> None:
@@ -38,11 +44,11 @@ def _stage(title: str) -> None:
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage that exists; returns the generation summaries by name."""
     out = Path(cfg.out)
-    _stage("1/4 simulator: pokemon-showdown (pinned)")
+    _stage("1/5 simulator: pokemon-showdown (pinned)")
     print(f"installed at {install()}")
 
     results = {}
-    _stage(f"2/4 battles on a local server: heuristic vs maxpower, {cfg.battles} x {cfg.format}")
+    _stage(f"2/5 battles on a local server: heuristic vs maxpower, {cfg.battles} x {cfg.format}")
     server_cfg = GenerateConfig(
         out=out / "battles-baselines",
         format=cfg.format,
@@ -53,7 +59,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     results["baselines"] = generate(server_cfg)
     print(results["baselines"].table())
 
-    _stage(f"3/4 in-process simulator battles: sim-random, {cfg.battles} x {cfg.format}")
+    _stage(f"3/5 in-process simulator battles: sim-random, {cfg.battles} x {cfg.format}")
     sim_cfg = GenerateConfig(
         out=out / "battles-sim-random",
         format=cfg.format,
@@ -65,17 +71,38 @@ def run_demo(cfg: DemoConfig) -> dict:
     results["sim-random"] = generate(sim_cfg)
     print(results["sim-random"].table())
 
-    _stage("4/4 parse + encode both players' views; audit the labels against the ground truth")
+    _stage("4/5 parse + encode both players' views; audit the labels against the ground truth")
     audits = {}
     for name, stage_cfg in (("baselines", server_cfg), ("sim-random", sim_cfg)):
         audits[name] = audit(generated_records(stage_cfg.out), encoder=encode)
         print(f"{name:>12}: {audits[name].summary()}")
 
+    _stage("5/5 pack into WebDataset shards; stream batches with the resumable loader")
+    shards = out / "shards"
+    shutil.rmtree(shards, ignore_errors=True)  # the battles above are new: pack them afresh
+    packed = pack(
+        PackConfig(
+            sources=[str(c.out / "replays.jsonl") for c in (server_cfg, sim_cfg)],
+            out=shards,
+            workers=cfg.workers,
+            shard_size=8 * 1024 * 1024,
+            val_fraction=0.05,
+        )
+    )
+    print(packed.table())
+    loader = TrajectoryLoader(
+        LoaderConfig(shards=shards, batch_size=16, window=64, workers=0, seed=cfg.seed)
+    )
+    batches = iter(loader)
+    for _ in range(3):
+        batch = next(batches)
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items())
+    print(f"a batch: {shapes}; labelled decisions in it: {int((batch['action'] >= 0).sum())}")
+
     _stage("report")
     for name, summary in results.items():
         print(f"{name:>12}: {summary.table()}")
         print(f"{'':>12}  parser: {audits[name].summary()}")
-    print(
-        f"\nreplays and ground truth under {out}/ (replays.jsonl, ground_truth.jsonl, summary.json)"
-    )
+    print(f"{'shards':>12}: {packed.table()}")
+    print(f"\nreplays and ground truth under {out}/battles-*/, shards under {shards}/")
     return results

@@ -138,3 +138,14 @@ def test_killed_pack_resumes_without_duplicates_or_gaps(replay_file, tmp_path):
     for name in produced:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     assert set(_all_samples(out)) == set(_all_samples(reference))
+
+
+def test_changed_input_is_not_resumed(replay_file, tmp_path):
+    source = tmp_path / "replays.jsonl"
+    source.write_text(replay_file.read_text())
+    cfg = dict(sources=[str(source)], out=tmp_path / "s", workers=1, shard_size=60_000)
+    pack(PackConfig(**cfg), progress=False)
+    with open(source, "a") as more:
+        more.write(replay_file.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match="other settings"):
+        pack(PackConfig(**cfg), progress=False)

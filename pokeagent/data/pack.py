@@ -72,7 +72,7 @@ class PackConfig:
     def fingerprint(self) -> dict:
         """Settings a resumed run must share with the interrupted one."""
         return {
-            "sources": [str(Path(s).resolve()) for s in self.sources],
+            "sources": [[str(Path(s).resolve()), _signature(Path(s))] for s in self.sources],
             "formats": sorted(self.formats) if self.formats else None,
             "min_rating": self.min_rating,
             "shard_size": self.shard_size,
@@ -80,6 +80,17 @@ class PackConfig:
             "encoder_version": ENCODER_VERSION,
             "parser_version": PARSER_VERSION,
         }
+
+
+def _signature(path: Path) -> list[int]:
+    """(files, bytes, newest mtime) of a source: a resumed pack must read the same input."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    stats = [f.stat() for f in files]
+    return [
+        len(stats),
+        sum(s.st_size for s in stats),
+        max((s.st_mtime_ns for s in stats), default=0),
+    ]
 
 
 def split_of(battle_id: str, val_fraction: float) -> str:
