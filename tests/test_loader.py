@@ -143,3 +143,29 @@ def test_bench_load_prints_figures(shard_dir):
     rows = [line.split() for line in out.stdout.splitlines()[1:]]
     assert [r[0] for r in rows] == ["0", "1"]
     assert all(float(r[3]) > 0 for r in rows)  # decisions/s
+
+
+def test_read_time_filters(shard_dir):
+    kept = _take(
+        TrajectoryLoader(
+            LoaderConfig(shards=shard_dir, batch_size=2, workers=0, formats=["gen9randombattle"])
+        ),
+        2,
+    )
+    assert len(kept) == 2
+    # Nothing matches: a clear error instead of a loader that spins forever.
+    with pytest.raises(RuntimeError, match="no sample"):
+        _take(
+            TrajectoryLoader(
+                LoaderConfig(shards=shard_dir, batch_size=2, workers=0, formats=["gen1ou"])
+            ),
+            1,
+        )
+    # Simulator battles carry no rating: a rating floor filters every one of them.
+    with pytest.raises(RuntimeError, match="no sample"):
+        _take(
+            TrajectoryLoader(
+                LoaderConfig(shards=shard_dir, batch_size=2, workers=0, min_rating=1000)
+            ),
+            1,
+        )
