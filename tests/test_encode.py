@@ -157,3 +157,10 @@ def test_no_opponent_information_before_the_log_reveals_it(battles):
                         )
                         checked += 1
     assert checked > 2000
+
+
+def test_every_encoded_volatile_is_tracked_by_the_state():
+    from pokeagent.data.encode import VOLATILE_FLAGS
+    from pokeagent.showdown.state import TRACKED_VOLATILES
+
+    assert set(VOLATILE_FLAGS) <= TRACKED_VOLATILES  # an untracked flag would always be 0
