@@ -1,0 +1,1 @@
+"""The network: presets, the decision encoder + trajectory transformer, loss and metrics."""
