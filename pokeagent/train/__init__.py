@@ -1,0 +1,1 @@
+"""Training with the DeepSpeed engine: config resolution (ds_config.py); the trainer lands next."""
