@@ -8,6 +8,7 @@ pokeagent demo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -294,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(func=_bench)
 
+    verbs.add_parser(
+        "train", help="train with DeepSpeed (`pokeagent train --help`)", add_help=False
+    )
+
     demo = verbs.add_parser(
         "demo", help="the CPU demo: the pipeline end to end, as far as it exists"
     )
@@ -305,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        # The trainer owns its options (one per TrainConfig field): hand them over whole.
+        from pokeagent.train.__main__ import main as train_main
+
+        code = train_main(argv[1:])
+        sys.stdout.flush()
+        os._exit(code)  # see pokeagent/train/__main__.py
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -256,6 +256,15 @@ class _Dataset(IterableDataset):
             yield batch
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers ignore SIGTERM/SIGUSR1: SLURM signals every process of a job step, and a
+    worker killed by it would crash the training process that is trying to stop cleanly."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 class TrajectoryLoader:
     """This rank's endless batches, with a cursor for exact resume (see the module docstring)."""
 
@@ -295,7 +304,11 @@ class TrajectoryLoader:
             self.cfg, self.rank, self.world, dict(self.cursors), self.batches_served % n_local
         )
         kwargs = (
-            {"prefetch_factor": self.cfg.prefetch_factor, "persistent_workers": False}
+            {
+                "prefetch_factor": self.cfg.prefetch_factor,
+                "persistent_workers": False,
+                "worker_init_fn": _ignore_stop_signals,
+            }
             if self.cfg.workers
             else {}
         )

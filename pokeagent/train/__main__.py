@@ -1,0 +1,93 @@
+"""`python -m pokeagent.train` (what `deepspeed` and `torchrun` launch) and `pokeagent train`.
+
+Every TrainConfig field is an option (`--batch-size-per-gpu 32`); `--config run.json` loads a
+saved config first; `--dry-run` prints the resolved configs and exits without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from pokeagent.train.config import TrainConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pokeagent train", description=__doc__.splitlines()[0])
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not MISSING else None
+        kind = type(default) if default is not None else str
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), type=kind, default=None, help=f"(default {default})"
+        )
+    parser.add_argument("--config", default=None, help="a JSON TrainConfig to start from")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved configs and exit"
+    )
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    data = json.loads(Path(args.config).read_text()) if args.config else {}
+    for f in fields(TrainConfig):
+        value = getattr(args, f.name)
+        if value is not None:
+            data[f.name] = value
+    return TrainConfig.from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    if args.dry_run:
+        from deepspeed.accelerator import get_accelerator
+
+        from pokeagent.train.ds_config import BatchPlan, resolve_ds_config, scaled_lr
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        plan = BatchPlan(cfg.batch_size_per_gpu, cfg.grad_accum, world)
+        lr = scaled_lr(cfg.learning_rate, plan.global_batch)
+        ds = resolve_ds_config(
+            cfg.ds_config,
+            plan,
+            lr=lr,
+            grad_clip=cfg.grad_clip,
+            fp16_supported=get_accelerator().is_fp16_supported(),
+        )
+        print(
+            json.dumps(
+                {
+                    "train": cfg.to_dict(),
+                    "world_size": world,
+                    "global_batch": plan.global_batch,
+                    "peak_lr": lr,
+                    "deepspeed": ds,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    from pokeagent.train.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    if trainer.try_resume() and trainer.rank == 0:
+        print(f"resumed from step {trainer.resumed_from} ({trainer.ckpt_dir})", flush=True)
+    trainer.run()
+    trainer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Measured here: ~1 in 30 two-rank DeepSpeed runs abort at interpreter exit after training
+    # finished; leaving without interpreter teardown avoids it (shared/notes/deepspeed-cpu.md).
+    os._exit(code)

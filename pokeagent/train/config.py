@@ -1,0 +1,75 @@
+"""The run config of `pokeagent train`: every knob the trainer reads, typed, with its default."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    """One training run."""
+
+    run_dir: str = "runs/train"
+    """Checkpoints, TensorBoard logs and the resolved config go here."""
+    data_dir: str = "shards"
+    """A folder written by `pokeagent pack` (its train-*.tar are read)."""
+    model: str = "tiny"
+    """Model preset: tiny, small, medium, large, seed-200m."""
+    ds_config: str = "cpu"
+    """A file in ds_configs/ (or a path): ZeRO stage, precision, offload."""
+    batch_size_per_gpu: int = 16
+    """Trajectory windows per rank per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step."""
+    window: int = 64
+    """Decisions per trajectory window."""
+    learning_rate: float = 3e-4
+    """At the reference global batch (256); scaled by the square-root rule (train/ds_config.py)."""
+    warmup_steps: int = 100
+    """Linear warmup from 0, in optimizer steps."""
+    max_steps: int = 1000
+    """Optimizer steps of the whole run (the cosine decay ends here)."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay floor, as a fraction of the peak rate."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping."""
+    value_weight: float = 0.5
+    """Weight of the value loss."""
+    workers_per_gpu: int = 2
+    """Loader worker processes per rank."""
+    shuffle_buffer: int = 256
+    """Trajectories per loader worker's shuffle buffer."""
+    seed: int = 0
+    """Model init, data order and dropout."""
+    checkpoint_minutes: float = 15.0
+    """Save a checkpoint every this many minutes of wall clock (and at the end)."""
+    keep_last: int = 3
+    """Checkpoints kept; older ones are deleted."""
+    time_limit_hours: float = 0.0
+    """Stop cleanly (save, exit 0) before this much wall time has passed; 0: no limit."""
+    time_margin_minutes: float = 5.0
+    """How long before the time limit to stop (a checkpoint must fit in it)."""
+    log_every: int = 10
+    """Optimizer steps between console and TensorBoard logs."""
+
+    def __post_init__(self):
+        if self.batch_size_per_gpu < 1 or self.grad_accum < 1 or self.max_steps < 1:
+            raise ValueError("batch_size_per_gpu, grad_accum and max_steps must be >= 1")
+        if self.keep_last < 1:
+            raise ValueError("keep_last must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown train config keys {sorted(unknown)}")
+        return cls(**data)

@@ -1,0 +1,253 @@
+"""The trainer: the DeepSpeed engine over the loader's batches, with checkpoints that resume exactly.
+
+    pokeagent train --data-dir shards/demo --model small --ds-config zero2_bf16 --run-dir runs/small
+    deepspeed --num_gpus 8 -m pokeagent.train --data-dir ... (one process per GPU)
+
+Every checkpoint is a full resume point: the engine's state (model, optimizer, scheduler; ZeRO
+shards on every rank) and, per rank, a `rank<r>.pt` file with its loader cursor, RNG state and
+counters (DeepSpeed writes client_state from rank 0 only). Rank 0 decides when a checkpoint is
+due (wall clock) or the run must stop (signal, time limit, last step); one all-reduce per step
+makes every rank agree, so no rank enters a collective alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pokeagent.data.encode import schema
+from pokeagent.data.loader import LoaderConfig, TrajectoryLoader
+from pokeagent.model.config import preset
+from pokeagent.model.loss import LossConfig, compute_loss
+from pokeagent.model.network import PokeAgentNet, count_parameters
+from pokeagent.train.config import TrainConfig
+from pokeagent.train.ds_config import BatchPlan, resolve_ds_config, scaled_lr
+
+CHECKPOINTS = "checkpoints"
+
+
+class _TrainModule(nn.Module):
+    """The network plus its loss: what the DeepSpeed engine wraps."""
+
+    def __init__(self, net: PokeAgentNet, loss_cfg: LossConfig):
+        super().__init__()
+        self.net, self.loss_cfg = net, loss_cfg
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        logits, value = self.net(batch)
+        return compute_loss(logits, value, batch, self.loss_cfg)
+
+
+def _ensure_distributed_env() -> None:
+    """Without a launcher, run as a world of one (DeepSpeed otherwise looks for MPI)."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warmup, then cosine decay to min_lr_ratio at max_steps (a factor of the peak)."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@dataclass
+class StepRecord:
+    step: int
+    loss: float
+    policy_loss: float
+    value_loss: float
+    lr: float
+
+
+class Trainer:
+    """Builds the engine, the loader and the run directory; `run()` trains until done or stopped."""
+
+    def __init__(self, cfg: TrainConfig):
+        import deepspeed
+        import torch.distributed as dist
+        from deepspeed.accelerator import get_accelerator
+
+        self.cfg = cfg
+        _ensure_distributed_env()
+        deepspeed.init_distributed()
+        self.dist = dist
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / CHECKPOINTS
+        if self.rank == 0:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        accelerator = get_accelerator()
+        self.device = (
+            torch.device(accelerator.device_name(), accelerator.current_device())
+            if accelerator.device_name() != "cpu"
+            else torch.device("cpu")
+        )
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        plan = BatchPlan(cfg.batch_size_per_gpu, cfg.grad_accum, self.world)
+        self.peak_lr = scaled_lr(cfg.learning_rate, plan.global_batch)
+        self.ds_config = resolve_ds_config(
+            cfg.ds_config,
+            plan,
+            lr=self.peak_lr,
+            grad_clip=cfg.grad_clip,
+            fp16_supported=accelerator.is_fp16_supported(),
+        )
+        net = PokeAgentNet(preset(cfg.model, max_window=max(cfg.window, 16)), schema()["vocab"])
+        self.parameters = count_parameters(net)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=_TrainModule(net, LossConfig(cfg.value_weight)),
+            model_parameters=net.parameters(),
+            config=self.ds_config,
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lr_lambda(cfg)
+            ),
+        )
+        self.loader = TrajectoryLoader(
+            LoaderConfig(
+                shards=cfg.data_dir,
+                batch_size=cfg.batch_size_per_gpu,
+                window=cfg.window,
+                workers=cfg.workers_per_gpu,
+                shuffle_buffer=cfg.shuffle_buffer,
+                seed=cfg.seed,
+            ),
+            rank=self.rank,
+            world_size=self.world,
+        )
+        self.samples_seen = 0
+        self.stop_requested = False
+        self.history: list[StepRecord] = []
+        self.resumed_from: int | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _rank_file(self, tag: str) -> Path:
+        return self.ckpt_dir / tag / f"rank{self.rank:05d}.pt"
+
+    def save(self) -> str:
+        step = self.engine.global_steps
+        tag = f"step{step:08d}"
+        self.engine.save_checkpoint(
+            str(self.ckpt_dir), tag=tag, client_state={"config": self.cfg.to_dict()}
+        )
+        torch.save(
+            {
+                "loader": self.loader.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "samples_seen": self.samples_seen,
+                "step": step,
+            },
+            self._rank_file(tag),
+        )
+        self.dist.barrier()
+        if self.rank == 0:
+            self._prune()
+            (self.run_dir / "config.json").write_text(
+                json.dumps({"train": self.cfg.to_dict(), "deepspeed": self.ds_config}, indent=2)
+            )
+        self.dist.barrier()
+        return tag
+
+    def _prune(self) -> None:
+        tags = sorted(p.name for p in self.ckpt_dir.glob("step*") if p.is_dir())
+        for old in tags[: -self.cfg.keep_last]:
+            shutil.rmtree(self.ckpt_dir / old, ignore_errors=True)
+
+    def try_resume(self) -> bool:
+        """Continue from the latest checkpoint of the run directory, if there is one."""
+        if not (self.ckpt_dir / "latest").exists():
+            return False
+        path, _client = self.engine.load_checkpoint(str(self.ckpt_dir))
+        if path is None:
+            raise RuntimeError(
+                f"{self.ckpt_dir}: `latest` names a checkpoint DeepSpeed cannot load"
+            )
+        tag = (self.ckpt_dir / "latest").read_text().strip()
+        own = torch.load(self._rank_file(tag), weights_only=False)
+        self.loader.load_state_dict(own["loader"])
+        torch.set_rng_state(own["torch_rng"])
+        self.samples_seen = own["samples_seen"]
+        self.resumed_from = own["step"]
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_requested = True
+
+    def _agree(self, checkpoint_due: bool, stop: bool) -> tuple[bool, bool]:
+        flags = torch.tensor([float(checkpoint_due), float(stop)])
+        self.dist.all_reduce(flags, op=self.dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
+
+    def run(self) -> list[StepRecord]:
+        cfg = self.cfg
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+        started = last_save = time.monotonic()
+        deadline = (
+            started + cfg.time_limit_hours * 3600 - cfg.time_margin_minutes * 60
+            if cfg.time_limit_hours
+            else math.inf
+        )
+        batches = iter(self.loader)
+        while self.engine.global_steps < cfg.max_steps:
+            for _ in range(cfg.grad_accum):
+                batch = {k: v.to(self.device) for k, v in next(batches).items()}
+                loss, parts = self.engine(batch)
+                self.engine.backward(loss)
+                self.engine.step()
+                self.samples_seen += cfg.batch_size_per_gpu * self.world
+            step = self.engine.global_steps
+            record = StepRecord(
+                step,
+                float(parts["loss"]),
+                float(parts["policy_loss"]),
+                float(parts["value_loss"]),
+                self.scheduler.get_last_lr()[0],
+            )
+            self.history.append(record)
+            if self.rank == 0:
+                # Full-precision per-step figures: what resume-exactness checks and plots read.
+                with open(self.run_dir / "metrics.jsonl", "a") as metrics:
+                    metrics.write(json.dumps(asdict(record)) + "\n")
+            if self.rank == 0 and step % cfg.log_every == 0:
+                print(
+                    f"step {step} loss {record.loss:.4f} (policy {record.policy_loss:.4f}, value {record.value_loss:.4f}) lr {record.lr:.2e}",
+                    flush=True,
+                )
+            now = time.monotonic()
+            due = now - last_save >= cfg.checkpoint_minutes * 60
+            stop = self.stop_requested or now >= deadline
+            due, stop = self._agree(due, stop)
+            if due or stop or step >= cfg.max_steps:
+                self.save()
+                last_save = time.monotonic()
+            if stop:
+                break
+        return self.history
+
+    def close(self) -> None:
+        if self.dist.is_initialized():
+            self.dist.barrier()
+            self.dist.destroy_process_group()

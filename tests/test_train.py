@@ -1,0 +1,246 @@
+"""The DeepSpeed trainer on CPU: loss falls, a SIGTERM'd run resumes to the same losses, checkpoints rotate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pokeagent.data.pack import PackConfig, pack
+from pokeagent.showdown import simtool
+from pokeagent.train.ds_config import DS_CONFIG_DIR
+
+TRAIN = [sys.executable, "-m", "pokeagent.train"]
+
+
+@pytest.fixture(scope="module")
+def shards(showdown_package, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    with open(root / "replays.jsonl", "w") as out:
+        for record in simtool.run_random_battles(
+            showdown_package, "gen9randombattle", 30, 41, move_prob=0.8, tera_prob=0.2
+        ):
+            out.write(json.dumps({k: record[k] for k in ("id", "format", "players", "log")}) + "\n")
+    pack(
+        PackConfig(
+            sources=[str(root / "replays.jsonl")],
+            out=root / "shards",
+            workers=2,
+            shard_size=100_000,
+            val_fraction=0.0,
+        ),
+        progress=False,
+    )
+    return root / "shards"
+
+
+def _torchrun(nproc: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "pokeagent.train",
+    ]
+
+
+def _cpu_variant(name: str, tmp_path) -> str:
+    """A shipped ZeRO config with torch's AdamW, so that CPU tests need no JIT-built Adam."""
+    config = json.loads((DS_CONFIG_DIR / f"{name}.json").read_text())
+    config["optimizer"]["params"]["torch_adam"] = True
+    path = tmp_path / f"{name}-cpu.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def _env():
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", DEEPSPEED_TIMEOUT="2")
+    env.pop("RANK", None)
+    return env
+
+
+def _args(shards, run_dir, steps, **extra):
+    options = {
+        "run-dir": run_dir,
+        "data-dir": shards,
+        "model": "tiny",
+        "ds-config": "cpu",
+        "batch-size-per-gpu": 8,
+        "window": 32,
+        "max-steps": steps,
+        "warmup-steps": 4,
+        "workers-per-gpu": 2,
+        "log-every": 1,
+        "checkpoint-minutes": 999,
+        "seed": 5,
+    } | extra
+    return [item for key, value in options.items() for item in (f"--{key}", str(value))]
+
+
+def _losses(run_dir) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in rows}
+
+
+def test_sigterm_then_resume_gives_the_uninterrupted_losses(shards, tmp_path):
+    steps = 24
+    straight = subprocess.run(
+        TRAIN + _args(shards, tmp_path / "a", steps),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    reference = _losses(tmp_path / "a")
+    assert sorted(reference) == list(range(1, steps + 1))
+    assert sum(list(reference.values())[-4:]) < sum(list(reference.values())[:4])  # it learns
+
+    run_b = tmp_path / "b"
+    process = subprocess.Popen(
+        TRAIN + _args(shards, run_b, steps),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (run_b / "metrics.jsonl").exists() and len(_losses(run_b)) >= 8:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    stopped_at = max(_losses(run_b))
+    assert stopped_at < steps, "the run finished before the signal"
+    assert (run_b / "checkpoints" / "latest").read_text().strip() == f"step{stopped_at:08d}"
+
+    resumed = subprocess.run(
+        TRAIN + _args(shards, run_b, steps), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {stopped_at}" in resumed.stdout
+    rows = [json.loads(line) for line in (run_b / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1)), "a step was repeated or skipped"
+    for row in rows:
+        # Bitwise: same machine, one OMP thread, torch's AdamW (ds_configs/cpu.json).
+        assert row["loss"] == reference[row["step"]], row
+
+
+def test_checkpoint_interval_and_keep_last(shards, tmp_path):
+    run = subprocess.run(
+        TRAIN
+        + _args(
+            shards,
+            tmp_path / "c",
+            6,
+            **{"checkpoint-minutes": 0.0001, "keep-last": 2, "workers-per-gpu": 0},
+        ),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    kept = sorted(p.name for p in (tmp_path / "c" / "checkpoints").glob("step*"))
+    assert kept == ["step00000005", "step00000006"]
+    saved = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert saved["train"]["keep_last"] == 2 and saved["deepspeed"]["train_batch_size"] == 8
+
+
+def test_dry_run_prints_resolved_configs(shards):
+    out = subprocess.run(
+        TRAIN + _args(shards, "unused", 10) + ["--dry-run"],
+        env=_env() | {"WORLD_SIZE": "4"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    resolved = json.loads(out.stdout[out.stdout.index("{") :])
+    assert resolved["global_batch"] == 32 and resolved["deepspeed"]["train_batch_size"] == 32
+    assert resolved["peak_lr"] == pytest.approx(3e-4 * (32 / 256) ** 0.5)
+
+
+@pytest.mark.parametrize("stage", ["zero1_bf16", "zero2_bf16", "zero3_bf16"])
+def test_two_ranks_train_with_each_zero_stage(shards, tmp_path, stage):
+    run_dir = tmp_path / stage
+    args = _args(
+        shards,
+        run_dir,
+        12,
+        **{"ds-config": _cpu_variant(stage, tmp_path), "workers-per-gpu": 1, "learning-rate": 3e-3},
+    )
+    run = subprocess.run(
+        _torchrun(2) + args, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    losses = list(_losses(run_dir).values())
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3]), losses
+    optim_shards = sorted(
+        p.name for p in (run_dir / "checkpoints" / "step00000012").glob("*optim_states.pt")
+    )
+    assert len(optim_shards) == 2  # ZeRO: each rank saved its own optimizer shard
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "step00000012").glob("rank*.pt")) == [
+        "rank00000.pt",
+        "rank00001.pt",
+    ]
+
+
+def test_two_ranks_sigterm_and_resume(shards, tmp_path):
+    import psutil
+
+    steps = 16
+    config = {"ds-config": _cpu_variant("zero2_bf16", tmp_path), "workers-per-gpu": 1}
+    straight = subprocess.run(
+        _torchrun(2) + _args(shards, tmp_path / "a", steps, **config),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    reference = _losses(tmp_path / "a")
+
+    run_b = tmp_path / "b"
+    launcher = subprocess.Popen(
+        _torchrun(2) + _args(shards, run_b, steps, **config),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (
+        (run_b / "metrics.jsonl").exists() and len(_losses(run_b)) >= 5
+    ):
+        time.sleep(0.05)
+    # As SLURM's --signal does: every process of the job gets it (ranks and loader workers),
+    # not just the launcher.
+    processes = psutil.Process(launcher.pid).children(recursive=True)
+    assert sum("pokeagent.train" in " ".join(p.cmdline()) for p in processes) >= 2
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=300) == 0
+    stopped_at = max(_losses(run_b))
+    assert stopped_at < steps
+    resumed = subprocess.run(
+        _torchrun(2) + _args(shards, run_b, steps, **config),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_b / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    for row in rows:
+        assert row["loss"] == pytest.approx(reference[row["step"]], rel=1e-6, abs=1e-6), row
