@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from pokeagent.data.pack import PackConfig, pack
 from pokeagent.showdown import simtool
@@ -244,3 +245,50 @@ def test_two_ranks_sigterm_and_resume(shards, tmp_path):
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
     for row in rows:
         assert row["loss"] == pytest.approx(reference[row["step"]], rel=1e-6, abs=1e-6), row
+
+
+def test_weights_export_and_tensorboard(shards, tmp_path):
+    from safetensors.torch import load_file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pokeagent.data.encode import schema
+    from pokeagent.model.config import preset
+    from pokeagent.model.network import PokeAgentNet
+
+    run_dir = tmp_path / "w"
+    run = subprocess.run(
+        TRAIN + _args(shards, run_dir, 6, **{"log-every": 2}),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    weights = load_file(str(run_dir / "checkpoints" / "step00000006" / "model.safetensors"))
+    net = PokeAgentNet(preset("tiny", max_window=32), schema()["vocab"])
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(weights, strict=True)
+    assert all(
+        v.dtype.is_floating_point is False or v.dtype == fresh[k].dtype for k, v in weights.items()
+    )
+    assert any(not torch_equal(weights[k], fresh[k]) for k in fresh), (
+        "exported weights equal a fresh init"
+    )
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "loss/total",
+        "loss/policy",
+        "loss/value",
+        "accuracy/top1",
+        "accuracy/top3",
+        "lr",
+        "grad_norm",
+    } <= tags
+    assert {
+        "throughput/samples_per_s",
+        "throughput/decisions_per_s",
+        "throughput/data_wait_share",
+    } <= tags
+    assert [e.step for e in events.Scalars("loss/total")] == [2, 4, 6]

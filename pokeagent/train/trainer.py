@@ -140,6 +140,7 @@ class Trainer:
         self.stop_requested = False
         self.history: list[StepRecord] = []
         self.resumed_from: int | None = None
+        self.writer = None
 
     # ------------------------------------------------------------------ checkpoints
     def _rank_file(self, tag: str) -> Path:
@@ -162,12 +163,41 @@ class Trainer:
         )
         self.dist.barrier()
         if self.rank == 0:
+            self._export_weights(tag)
             self._prune()
             (self.run_dir / "config.json").write_text(
                 json.dumps({"train": self.cfg.to_dict(), "deepspeed": self.ds_config}, indent=2)
             )
         self.dist.barrier()
         return tag
+
+    def _export_weights(self, tag: str) -> None:
+        """`<tag>/model.safetensors`: plain fp32 weights of the network, for evaluation and sharing.
+
+        With ZeRO the exact fp32 master weights are rebuilt from the optimizer shards (the
+        module's own copy may be bf16 or, with ZeRO-3, partitioned)."""
+        from safetensors.torch import save_file
+
+        stage = self.ds_config.get("zero_optimization", {}).get("stage", 0)
+        if stage >= 1:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(str(self.ckpt_dir), tag)
+            state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+        else:
+            state = {
+                k: v.detach().float().cpu() for k, v in self.engine.module.net.state_dict().items()
+            }
+        metadata = {
+            "model": self.cfg.model,
+            "model_config": json.dumps(self.engine.module.net.cfg.to_dict()),
+            "step": str(self.engine.global_steps),
+        }
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            str(self.ckpt_dir / tag / "model.safetensors"),
+            metadata=metadata,
+        )
 
     def _prune(self) -> None:
         tags = sorted(p.name for p in self.ckpt_dir.glob("step*") if p.is_dir())
@@ -200,24 +230,81 @@ class Trainer:
         self.dist.all_reduce(flags, op=self.dist.ReduceOp.MAX)
         return bool(flags[0]), bool(flags[1])
 
+    def _log(self, step: int, window: dict[str, float], seconds: float, waited: float) -> None:
+        """Sum the interval's counters over ranks (a collective on every rank), write on rank 0."""
+        keys = sorted(window)
+        totals = torch.tensor([window[k] for k in keys], dtype=torch.float64)
+        self.dist.all_reduce(totals)
+        sums = dict(zip(keys, totals.tolist(), strict=True))
+        if self.rank != 0:
+            return
+        micro = max(1.0, sums["micro_steps"])
+        labelled = max(1.0, sums["labelled"])
+        scalars = {
+            "loss/total": sums["loss"] / micro,
+            "loss/policy": sums["policy_loss"] / micro,
+            "loss/value": sums["value_loss"] / micro,
+            "accuracy/top1": sums["top1_correct"] / labelled,
+            "accuracy/top3": sums["top3_correct"] / labelled,
+            "lr": self.scheduler.get_last_lr()[0],
+            "throughput/samples_per_s": sums["samples"] / max(seconds, 1e-9),
+            "throughput/decisions_per_s": sums["decisions"] / max(seconds, 1e-9),
+            "throughput/data_wait_share": waited / max(seconds, 1e-9),
+        }
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            scalars["grad_norm"] = float(grad_norm)
+        loss_scale = getattr(self.engine.optimizer, "cur_scale", None)
+        if loss_scale is not None and self.ds_config.get("fp16", {}).get("enabled"):
+            scalars["loss_scale"] = float(loss_scale)
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+        print(
+            f"step {step}/{self.cfg.max_steps} loss {scalars['loss/total']:.4f} top1 {scalars['accuracy/top1']:.3f} "
+            f"lr {scalars['lr']:.2e} {scalars['throughput/samples_per_s']:.0f} samples/s "
+            f"{scalars['throughput/decisions_per_s']:.0f} decisions/s data-wait {scalars['throughput/data_wait_share']:.0%}",
+            flush=True,
+        )
+
     def run(self) -> list[StepRecord]:
         cfg = self.cfg
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
-        started = last_save = time.monotonic()
+        started = last_save = interval_start = time.monotonic()
         deadline = (
             started + cfg.time_limit_hours * 3600 - cfg.time_margin_minutes * 60
             if cfg.time_limit_hours
             else math.inf
         )
+        window: dict[str, float] = {}
+        waited = 0.0
         batches = iter(self.loader)
         while self.engine.global_steps < cfg.max_steps:
             for _ in range(cfg.grad_accum):
+                before = time.monotonic()
                 batch = {k: v.to(self.device) for k, v in next(batches).items()}
+                waited += time.monotonic() - before
                 loss, parts = self.engine(batch)
                 self.engine.backward(loss)
                 self.engine.step()
                 self.samples_seen += cfg.batch_size_per_gpu * self.world
+                for key in (
+                    "loss",
+                    "policy_loss",
+                    "value_loss",
+                    "top1_correct",
+                    "top3_correct",
+                    "labelled",
+                    "decisions",
+                ):
+                    window[key] = window.get(key, 0.0) + float(parts[key])
+                window["micro_steps"] = window.get("micro_steps", 0.0) + 1
+                window["samples"] = window.get("samples", 0.0) + cfg.batch_size_per_gpu
             step = self.engine.global_steps
             record = StepRecord(
                 step,
@@ -231,11 +318,10 @@ class Trainer:
                 # Full-precision per-step figures: what resume-exactness checks and plots read.
                 with open(self.run_dir / "metrics.jsonl", "a") as metrics:
                     metrics.write(json.dumps(asdict(record)) + "\n")
-            if self.rank == 0 and step % cfg.log_every == 0:
-                print(
-                    f"step {step} loss {record.loss:.4f} (policy {record.policy_loss:.4f}, value {record.value_loss:.4f}) lr {record.lr:.2e}",
-                    flush=True,
-                )
+            if step % cfg.log_every == 0:
+                now = time.monotonic()
+                self._log(step, window, now - interval_start, waited)
+                window, waited, interval_start = {}, 0.0, now
             now = time.monotonic()
             due = now - last_save >= cfg.checkpoint_minutes * 60
             stop = self.stop_requested or now >= deadline
@@ -244,10 +330,17 @@ class Trainer:
                 self.save()
                 last_save = time.monotonic()
             if stop:
+                if self.rank == 0:
+                    print(
+                        f"stopped cleanly at step {step} ({'signal' if self.stop_requested else 'time limit'}); checkpoint saved",
+                        flush=True,
+                    )
                 break
         return self.history
 
     def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
         if self.dist.is_initialized():
             self.dist.barrier()
             self.dist.destroy_process_group()
