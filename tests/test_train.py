@@ -290,3 +290,35 @@ def test_weights_export_and_tensorboard(shards, tmp_path):
         "throughput/data_wait_share",
     } <= tags
     assert [e.step for e in events.Scalars("loss/total")] == [2, 4, 6]
+
+
+def test_test_mode_with_mock_data_runs_end_to_end(showdown_package, tmp_path):
+    run_dir = tmp_path / "smoke"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pokeagent",
+            "train",
+            "--test-mode",
+            "--mock-data",
+            "--run-dir",
+            str(run_dir),
+            "--workers-per-gpu",
+            "1",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(_losses(run_dir)) == list(range(1, 21))
+    assert (
+        json.loads((run_dir / "mock-shards" / "manifest.json").read_text())["summary"][
+            "battles_packed"
+        ]
+        > 40
+    )
+    assert (run_dir / "checkpoints" / "step00000020" / "model.safetensors").exists()
+    assert "step 20/20" in out.stdout

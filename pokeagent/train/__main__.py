@@ -29,6 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the resolved configs and exit"
     )
     parser.add_argument(
+        "--test-mode", action="store_true", help="a few steps of the tiny model (smoke test)"
+    )
+    parser.add_argument(
+        "--mock-data",
+        action="store_true",
+        help="pack shards on the fly from a few simulator battles (real data, small)",
+    )
+    parser.add_argument(
         "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
     )
     return parser
@@ -43,9 +51,68 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
+TEST_MODE = {
+    "model": "tiny",
+    "max_steps": 20,
+    "window": 32,
+    "batch_size_per_gpu": 8,
+    "warmup_steps": 2,
+    "log_every": 5,
+}
+"""What --test-mode sets (options given explicitly still win)."""
+
+
+def mock_shards(run_dir: Path, battles: int = 60, seed: int = 0) -> Path:
+    """Shards packed from simulator battles under the run directory; rank 0 makes them, the other
+    ranks wait for them (this runs before the process group exists)."""
+    import time
+
+    from pokeagent.data.pack import MANIFEST_FILE, PackConfig, pack
+    from pokeagent.showdown import simtool
+    from pokeagent.showdown.install import install
+
+    out = run_dir / "mock-shards"
+    if int(os.environ.get("RANK", "0")) == 0:
+        if not (out / MANIFEST_FILE).exists():
+            out.mkdir(parents=True, exist_ok=True)
+            replays = out / "replays.jsonl"
+            with open(replays, "w") as lines:
+                for record in simtool.run_random_battles(
+                    install(), "gen9randombattle", battles, seed, move_prob=0.8, tera_prob=0.2
+                ):
+                    if "error" not in record:
+                        lines.write(
+                            json.dumps({k: record[k] for k in ("id", "format", "players", "log")})
+                            + "\n"
+                        )
+            pack(
+                PackConfig(
+                    sources=[str(replays)],
+                    out=out,
+                    workers=1,
+                    shard_size=2 * 1024 * 1024,
+                    val_fraction=0.05,
+                ),
+                progress=False,
+            )
+    else:
+        deadline = time.monotonic() + 600
+        while not (out / MANIFEST_FILE).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank 0 did not pack the mock shards in {out}")
+            time.sleep(0.5)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.test_mode:
+        for key, value in TEST_MODE.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
     cfg = config_from_args(args)
+    if args.mock_data and not args.dry_run:
+        cfg.data_dir = str(mock_shards(Path(cfg.run_dir), seed=cfg.seed))
     if args.dry_run:
         from deepspeed.accelerator import get_accelerator
 
