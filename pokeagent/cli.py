@@ -162,6 +162,14 @@ def _bench(args: argparse.Namespace) -> int:
         from pokeagent.bench.parse import run_parse_bench
 
         print(run_parse_bench(args.format, args.battles, args.seed).table())
+    elif args.what == "train":
+        from pokeagent.bench.train import run_train_bench
+
+        print(
+            run_train_bench(
+                args.shards, args.model, args.batch_size, args.window, args.steps, args.ds_config
+            ).table()
+        )
     elif args.what == "load":
         from pokeagent.bench.load import run_load_bench, table
 
@@ -293,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--consume-ms", type=float, default=0.0, help="pretend work per batch (data-wait share)"
     )
+    p = bench_what.add_parser(
+        "train", help="DeepSpeed engine vs a plain PyTorch loop: steps/s, samples/s"
+    )
+    p.add_argument(
+        "--shards", required=True, help="a folder written by `pokeagent pack` (one batch is read)"
+    )
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--ds-config", default="cpu")
     bench.set_defaults(func=_bench)
 
     verbs.add_parser(

@@ -322,3 +322,31 @@ def test_test_mode_with_mock_data_runs_end_to_end(showdown_package, tmp_path):
     )
     assert (run_dir / "checkpoints" / "step00000020" / "model.safetensors").exists()
     assert "step 20/20" in out.stdout
+
+
+def test_bench_train_prints_the_ratio(shards):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pokeagent",
+            "bench",
+            "train",
+            "--shards",
+            str(shards),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--window",
+            "16",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "plain PyTorch:" in out.stdout and "DeepSpeed:" in out.stdout
+    ratio = float(out.stdout.split("step-time ratio DeepSpeed / plain:")[1].split()[0])
+    assert ratio > 0
