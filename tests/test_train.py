@@ -130,6 +130,15 @@ def test_sigterm_then_resume_gives_the_uninterrupted_losses(shards, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {stopped_at}" in resumed.stdout
+    empty = tmp_path / "empty"
+    refused = subprocess.run(
+        TRAIN + _args(shards, empty, steps) + ["--resume"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refused.returncode != 0 and "no checkpoint" in refused.stderr
     rows = [json.loads(line) for line in (run_b / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1)), "a step was repeated or skipped"
     for row in rows:
@@ -281,6 +290,7 @@ def test_weights_export_and_tensorboard(shards, tmp_path):
         "loss/value",
         "accuracy/top1",
         "accuracy/top3",
+        "value/brier",
         "lr",
         "grad_norm",
     } <= tags

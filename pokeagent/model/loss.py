@@ -52,5 +52,9 @@ def compute_loss(
             else n_labelled * 0,
             "labelled": n_labelled,
             "decisions": n_steps,
+            # Calibration of the win probability: squared error summed over real decisions.
+            "value_brier_sum": (
+                (torch.sigmoid(value_logits[mask].float()) - outcome[mask].float()) ** 2
+            ).sum(),
         }
     return total, parts

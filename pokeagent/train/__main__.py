@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved configs and exit"
     )
+    parser.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
     parser.add_argument(
         "--test-mode", action="store_true", help="a few steps of the tiny model (smoke test)"
     )
@@ -144,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     from pokeagent.train.trainer import Trainer
 
     trainer = Trainer(cfg)
-    if trainer.try_resume() and trainer.rank == 0:
+    resumed = trainer.try_resume()  # automatic whenever the run directory holds a checkpoint
+    if args.resume and not resumed:
+        raise SystemExit(
+            f"--resume: no checkpoint in {trainer.ckpt_dir} (its `latest` file is missing)"
+        )
+    if resumed and trainer.rank == 0:
         print(f"resumed from step {trainer.resumed_from} ({trainer.ckpt_dir})", flush=True)
     trainer.run()
     trainer.close()

@@ -34,6 +34,16 @@ from pokeagent.train.config import TrainConfig
 from pokeagent.train.ds_config import BatchPlan, resolve_ds_config, scaled_lr
 
 CHECKPOINTS = "checkpoints"
+_LOGGED_SUMS = (
+    "loss",
+    "policy_loss",
+    "value_loss",
+    "top1_correct",
+    "top3_correct",
+    "labelled",
+    "decisions",
+    "value_brier_sum",
+)
 
 
 class _TrainModule(nn.Module):
@@ -137,6 +147,8 @@ class Trainer:
             world_size=self.world,
         )
         self.samples_seen = 0
+        self.decisions_seen = 0
+        """This rank's real (unpadded) decisions trained on: the token counter."""
         self.stop_requested = False
         self.history: list[StepRecord] = []
         self.resumed_from: int | None = None
@@ -157,6 +169,7 @@ class Trainer:
                 "loader": self.loader.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "samples_seen": self.samples_seen,
+                "decisions_seen": self.decisions_seen,
                 "step": step,
             },
             self._rank_file(tag),
@@ -218,6 +231,7 @@ class Trainer:
         self.loader.load_state_dict(own["loader"])
         torch.set_rng_state(own["torch_rng"])
         self.samples_seen = own["samples_seen"]
+        self.decisions_seen = own["decisions_seen"]
         self.resumed_from = own["step"]
         return True
 
@@ -246,6 +260,7 @@ class Trainer:
             "loss/value": sums["value_loss"] / micro,
             "accuracy/top1": sums["top1_correct"] / labelled,
             "accuracy/top3": sums["top3_correct"] / labelled,
+            "value/brier": sums["value_brier_sum"] / max(1.0, sums["decisions"]),
             "lr": self.scheduler.get_last_lr()[0],
             "throughput/samples_per_s": sums["samples"] / max(seconds, 1e-9),
             "throughput/decisions_per_s": sums["decisions"] / max(seconds, 1e-9),
@@ -293,15 +308,8 @@ class Trainer:
                 self.engine.backward(loss)
                 self.engine.step()
                 self.samples_seen += cfg.batch_size_per_gpu * self.world
-                for key in (
-                    "loss",
-                    "policy_loss",
-                    "value_loss",
-                    "top1_correct",
-                    "top3_correct",
-                    "labelled",
-                    "decisions",
-                ):
+                self.decisions_seen += int(parts["decisions"])
+                for key in _LOGGED_SUMS:
                     window[key] = window.get(key, 0.0) + float(parts[key])
                 window["micro_steps"] = window.get("micro_steps", 0.0) + 1
                 window["samples"] = window.get("samples", 0.0) + cfg.batch_size_per_gpu
@@ -323,7 +331,8 @@ class Trainer:
                 self._log(step, window, now - interval_start, waited)
                 window, waited, interval_start = {}, 0.0, now
             now = time.monotonic()
-            due = now - last_save >= cfg.checkpoint_minutes * 60
+            # Rank 0's clock decides; the all-reduce below makes every rank follow it.
+            due = self.rank == 0 and now - last_save >= cfg.checkpoint_minutes * 60
             stop = self.stop_requested or now >= deadline
             due, stop = self._agree(due, stop)
             if due or stop or step >= cfg.max_steps:
