@@ -192,7 +192,11 @@ def _bench(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pokeagent.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=Path(args.out), battles=args.battles, seed=args.seed))
+    run_demo(
+        DemoConfig(
+            out=Path(args.out), battles=args.battles, seed=args.seed, train_steps=args.train_steps
+        )
+    )
     return 0
 
 
@@ -324,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--battles", type=int, default=200)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--train-steps", type=int, default=60, help="optimizer steps of the demo's training run"
+    )
     demo.set_defaults(func=_demo)
     return parser
 

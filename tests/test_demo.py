@@ -1,0 +1,47 @@
+"""The README's main command, small: every stage runs and leaves its outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_demo_runs_every_stage(showdown_package, tmp_path):
+    env = dict(os.environ, DS_ACCELERATOR="cpu")
+    env.pop("RANK", None)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pokeagent",
+            "demo",
+            "--out",
+            str(tmp_path / "demo"),
+            "--battles",
+            "8",
+            "--train-steps",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    for stage in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6", "=== report ==="):
+        assert stage in out.stdout
+    assert "0 wrong labels" in out.stdout
+    demo = tmp_path / "demo"
+    assert len((demo / "battles-baselines" / "replays.jsonl").read_text().splitlines()) == 8
+    assert (
+        json.loads((demo / "shards" / "manifest.json").read_text())["summary"]["battles_packed"]
+        >= 14
+    )
+    steps = [
+        json.loads(line)["step"]
+        for line in (demo / "train" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [1, 2, 3, 4]
+    assert (demo / "train" / "checkpoints" / "step00000004" / "model.safetensors").exists()
