@@ -17,3 +17,19 @@ def shared_replays() -> Path:
     if not SHARED_REPLAYS.is_dir():
         pytest.skip(f"{SHARED_REPLAYS} is not here")
     return SHARED_REPLAYS
+
+
+def write_simulated_replays(package: Path, path: Path, count: int, seed: int, **players) -> Path:
+    """`count` in-process simulator battles (gen9randombattle) as served-format JSONL, the shape
+    `pokeagent generate` writes; `players` go to simtool (move_prob, tera_prob...)."""
+    import json
+
+    from pokeagent.data.generate import served_replay
+    from pokeagent.showdown import simtool
+
+    with open(path, "w") as out:
+        for record in simtool.run_random_battles(
+            package, "gen9randombattle", count, seed, **players
+        ):
+            out.write(json.dumps(served_replay(record, uploadtime=0)) + "\n")
+    return path

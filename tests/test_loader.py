@@ -7,27 +7,18 @@ import shutil
 
 import pytest
 import torch
+from conftest import write_simulated_replays
 
 from pokeagent.data.loader import LoaderConfig, TrajectoryLoader, worker_shards
 from pokeagent.data.pack import PackConfig, pack
-from pokeagent.showdown import simtool
 
 
 @pytest.fixture(scope="module")
 def shard_dir(showdown_package, tmp_path_factory):
     root = tmp_path_factory.mktemp("loader")
-    replays = root / "replays.jsonl"
-    with open(replays, "w") as out:
-        for record in simtool.run_random_battles(
-            showdown_package, "gen9randombattle", 30, 21, move_prob=0.8
-        ):
-            served = {
-                "id": record["id"],
-                "formatid": record["format"],
-                "players": record["players"],
-                "log": record["log"],
-            }
-            out.write(json.dumps(served) + "\n")
+    replays = write_simulated_replays(
+        showdown_package, root / "replays.jsonl", 30, 21, move_prob=0.8
+    )
     pack(
         PackConfig(
             sources=[str(replays)],

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from conftest import write_simulated_replays
 
 from pokeagent.data.encode import schema
 from pokeagent.data.loader import LoaderConfig, TrajectoryLoader
@@ -14,7 +13,6 @@ from pokeagent.model.config import NOMINAL_PARAMETERS, PRESETS, preset
 from pokeagent.model.loss import compute_loss
 from pokeagent.model.network import build, count_parameters
 from pokeagent.showdown import actions as A
-from pokeagent.showdown import simtool
 
 VOCAB = schema()["vocab"]
 
@@ -32,11 +30,9 @@ def test_preset_sizes_match_their_names(name):
 @pytest.fixture(scope="module")
 def batch(showdown_package, tmp_path_factory):
     root = tmp_path_factory.mktemp("model")
-    with open(root / "replays.jsonl", "w") as out:
-        for record in simtool.run_random_battles(
-            showdown_package, "gen9randombattle", 12, 31, move_prob=0.8, tera_prob=0.2
-        ):
-            out.write(json.dumps({k: record[k] for k in ("id", "format", "players", "log")}) + "\n")
+    write_simulated_replays(
+        showdown_package, root / "replays.jsonl", 12, 31, move_prob=0.8, tera_prob=0.2
+    )
     pack(
         PackConfig(
             sources=[str(root / "replays.jsonl")], out=root / "shards", workers=1, val_fraction=0.0

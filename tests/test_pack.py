@@ -11,35 +11,21 @@ import time
 
 import numpy as np
 import pytest
+from conftest import write_simulated_replays
 
 from pokeagent.data.encode import encode
 from pokeagent.data.pack import PackConfig, pack, split_of
 from pokeagent.data.parse import SkipBattle, parse_replay
 from pokeagent.data.shards import read_shard, sample_key, trajectory_arrays
 from pokeagent.data.sources import iter_replays
-from pokeagent.showdown import simtool
 
 
 @pytest.fixture(scope="module")
 def replay_file(showdown_package, tmp_path_factory):
     """Served-format JSONL of simulator battles (what `pokeagent generate` writes)."""
     path = tmp_path_factory.mktemp("replays") / "replays.jsonl"
-    with open(path, "w") as out:
-        for record in simtool.run_random_battles(
-            showdown_package, "gen9randombattle", 60, 11, move_prob=0.8, tera_prob=0.2
-        ):
-            served = {
-                "id": record["id"],
-                "format": record["format_name"],
-                "formatid": record["format"],
-            }
-            served |= {
-                "players": record["players"],
-                "log": record["log"],
-                "rating": None,
-                "uploadtime": 0,
-            }
-            out.write(json.dumps(served) + "\n")
+    write_simulated_replays(showdown_package, path, 60, 11, move_prob=0.8, tera_prob=0.2)
+    with open(path, "a") as out:
         out.write("{not json\n")  # a bad line is skipped and counted, never fatal
     return path
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 import torch
+from conftest import write_simulated_replays
 
 from pokeagent.data.pack import PackConfig, pack
-from pokeagent.showdown import simtool
 from pokeagent.train.ds_config import DS_CONFIG_DIR
 
 TRAIN = [sys.executable, "-m", "pokeagent.train"]
@@ -22,11 +22,9 @@ TRAIN = [sys.executable, "-m", "pokeagent.train"]
 @pytest.fixture(scope="module")
 def shards(showdown_package, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    with open(root / "replays.jsonl", "w") as out:
-        for record in simtool.run_random_battles(
-            showdown_package, "gen9randombattle", 30, 41, move_prob=0.8, tera_prob=0.2
-        ):
-            out.write(json.dumps({k: record[k] for k in ("id", "format", "players", "log")}) + "\n")
+    write_simulated_replays(
+        showdown_package, root / "replays.jsonl", 30, 41, move_prob=0.8, tera_prob=0.2
+    )
     pack(
         PackConfig(
             sources=[str(root / "replays.jsonl")],
