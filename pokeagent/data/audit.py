@@ -8,9 +8,11 @@ label it gives equals the real choice. Recall = labelled / real decisions.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pokeagent.data.parse import Encoder, SkipBattle, Trajectory, parse_replay
 from pokeagent.data.replay import Replay
@@ -122,9 +124,6 @@ def audit(records: Iterable[dict], encoder: Encoder | None = None) -> AuditRepor
 
 def generated_records(folder) -> Iterable[dict]:
     """Battle records from a `pokeagent generate` folder (replays.jsonl + ground_truth.jsonl)."""
-    import json
-    from pathlib import Path
-
     folder = Path(folder)
     with (
         open(folder / "replays.jsonl", encoding="utf-8") as replays,

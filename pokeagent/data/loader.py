@@ -23,7 +23,6 @@ How the stream is made, and why it can be resumed exactly:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,8 +317,3 @@ class TrajectoryLoader:
             self.corrupt_shards.update(batch.pop("_corrupt_shards"))
             self.batches_served += 1
             yield batch
-
-
-def steps_per_epoch(total_samples: int, batch_size: int, world_size: int) -> int:
-    """Batches per rank that one pass over `total_samples` trajectories takes (for schedules)."""
-    return max(1, math.ceil(total_samples / (batch_size * world_size)))

@@ -131,10 +131,6 @@ class Hindsight:
     team: dict[str, list[TeamMember]]
     """side -> members in canonical order; unknown (never shown) members are not listed."""
     team_size: dict[str, int]
-    gimmicks_seen: set[str]
-    """Gimmicks any side used in this battle (a hint that the format allows them)."""
-    zmove_users: dict[str, set[str]]
-    """side -> names of Pokémon that used a Z-Move."""
 
     def slot_of(self, side: str, name: str | None, species: str | None = None) -> int | None:
         for index, member in enumerate(self.team[side]):
@@ -150,7 +146,7 @@ class Hindsight:
 
 
 def build_hindsight(final: BattleState) -> Hindsight:
-    team, sizes, zusers = {}, {}, {}
+    team, sizes = {}, {}
     for side_id, side in final.sides.items():
         members = []
         for mon in side.pokemon:
@@ -170,11 +166,7 @@ def build_hindsight(final: BattleState) -> Hindsight:
         members.sort(key=lambda m: normalise(m.species))
         team[side_id] = members[: A.N_TEAM]
         sizes[side_id] = max(side.team_size, len(team[side_id]))
-        zusers[side_id] = set()
-    gimmicks = {
-        g for g, flag in (("terastallize", any(s.used_tera for s in final.sides.values())),) if flag
-    }
-    return Hindsight(team, sizes, gimmicks, zusers)
+    return Hindsight(team, sizes)
 
 
 def _check_battle(msgs: list[Message], final: BattleState) -> None:
@@ -251,11 +243,8 @@ class _Reconstruction:
         self.gimmick_now.pop(side, None)
 
     # --------------------------------------------------------------- legal masks
-    def _team_slots(self, side: str) -> tuple[list[TeamMember], int]:
-        return self.hind.team[side], self.hind.team_size[side]
-
     def _switch_mask(self, side: str, mask: np.ndarray) -> None:
-        members, size = self._team_slots(side)
+        members, size = self.hind.team[side], self.hind.team_size[side]
         live = self.state.sides[side]
         for index in range(min(size, A.N_TEAM)):
             if index < len(members):

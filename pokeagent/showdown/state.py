@@ -25,20 +25,6 @@ from pokeagent.showdown.protocol import (
 
 BOOST_STATS = ("atk", "def", "spa", "spd", "spe", "accuracy", "evasion")
 
-# Moves that hand the choice of a replacement to the user's side (a forced switch follows).
-SELF_SWITCH_MOVES = frozenset(
-    {
-        "U-turn",
-        "Volt Switch",
-        "Flip Turn",
-        "Parting Shot",
-        "Baton Pass",
-        "Teleport",
-        "Shed Tail",
-        "Chilly Reception",
-    }
-)
-
 # Volatile effects kept (normalised lower-case names); the rest are ignored.
 TRACKED_VOLATILES = frozenset(
     {
@@ -143,6 +129,7 @@ KNOWN_IGNORED = frozenset(
         "-zbroken",
         "-fieldactivate",
         "-primal",
+        "-endability",
         "-burst",
         "-candynamax",
         "upkeep",
@@ -308,11 +295,10 @@ class BattleState:
         self.ended = False
         self.winner: str | None = None
         self.unknown_kinds: Counter[str] = Counter()
-        self.reveal_counter = 0
 
     # ------------------------------------------------------------------ lookups
-    def mon(self, ref_text: str, create: bool = False) -> PokemonState | None:
-        """The Pokémon named by `p1a: Nick`; None when unknown (and not created)."""
+    def mon(self, ref_text: str) -> PokemonState | None:
+        """The Pokémon named by `p1a: Nick`; None when unknown."""
         ref = parse_pokemon_ref(ref_text)
         if ref is None or ref.side not in self.sides:
             return None
@@ -350,9 +336,7 @@ class BattleState:
                 side=ref.side, species=details.species, start_species=details.species, name=ref.name
             )
             side.pokemon.append(mon)
-        if not mon.revealed:
-            mon.revealed = True
-            self.reveal_counter += 1
+        mon.revealed = True
         mon.level, mon.gender = details.level, details.gender
         mon.species = details.species
         if details.tera_type:
@@ -703,9 +687,6 @@ class BattleState:
         if mon.ability is None:
             mon.ability = ability
 
-    def _endability(self, msg: Message) -> None:
-        pass
-
     def _transform(self, msg: Message) -> None:
         mon = self.mon(msg.arg(0))
         if mon is not None:
@@ -849,7 +830,6 @@ _HANDLERS = {
     "-item": BattleState._item,
     "-enditem": BattleState._enditem,
     "-ability": BattleState._ability,
-    "-endability": BattleState._endability,
     "-transform": BattleState._transform,
     "-terastallize": BattleState._terastallize,
     "-mega": BattleState._mega,
