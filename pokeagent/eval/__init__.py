@@ -1,0 +1,1 @@
+"""Evaluation: offline metrics on held-out shards, the agent in live battles, ratings, reports."""
