@@ -121,7 +121,7 @@ def test_fixtures_checked_by_hand(shared_replays: Path) -> None:
     assert gen1.ratings == {"p1": 1900, "p2": 1750}  # rpr from p1rating/p2rating dicts
     assert gen1.winner == "test-player-a"
     assert gen1.extra["inputLog"][0].startswith(">version")
-    assert gen1.extra["p1team"][0]["species"] == "Starmie"
+    assert gen1.teams["p1"][0]["species"] == "Starmie"
 
     (gen9,) = open_source(server / "gen9ubers__log.1.json")
     assert gen9.id == "gen9ubers-11478" and gen9.format == "gen9ubers"

@@ -151,6 +151,8 @@ def served_replay(record: dict, uploadtime: int) -> dict:
         "log": record["log"],
         "rating": None,
         "uploadtime": uploadtime,
+        # Not on the public site: both players' own teams, known to their owners (parse.py).
+        "teams": record.get("teams"),
     }
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pokeagent.data.replay import Replay
+from pokeagent.data.teams import with_known_teams
 from pokeagent.showdown import actions as A
 from pokeagent.showdown.dex import Dex
 from pokeagent.showdown.protocol import (
@@ -578,6 +579,7 @@ def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Traject
         final.apply(msg)
     _check_battle(msgs, final)
     hindsight = build_hindsight(final)
+    hindsight = with_known_teams(hindsight, replay, final.gen)
     banned = set()
     for msg in msgs:
         if msg.kind == "rule" and msg.arg(0).startswith("Terastal Clause"):

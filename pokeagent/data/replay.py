@@ -34,6 +34,10 @@ class Replay:
     """Unix time of the battle/upload when known."""
     extra: dict = field(default_factory=dict)
     """Source-specific fields kept for provenance (e.g. PokéChamp's elo band, month_year)."""
+    teams: dict[str, list[dict]] | None = None
+    """Each player's own team where the source has it ({'p1': [set, ...], 'p2': [...]}, sets
+    as Showdown's PokemonSet: name, species, item, ability, moves, level, teraType): server
+    logs and simulator battles. Public replays do not; the parser then uses hindsight."""
 
     @property
     def finished(self) -> bool:
@@ -65,3 +69,25 @@ def players_from_log(log: str) -> tuple[str, str] | None:
     if "p1" in names and "p2" in names:
         return names["p1"], names["p2"]
     return None
+
+
+def own_teams(value: object) -> dict[str, list[dict]] | None:
+    """{'p1': [set...], 'p2': [set...]} when `value` is one (sets need a species and a move
+    list), else None: a malformed team is dropped, never trusted."""
+    if not isinstance(value, dict):
+        return None
+    teams = {}
+    for side in ("p1", "p2"):
+        sets = value.get(side)
+        if not isinstance(sets, list) or not sets:
+            return None
+        for pokemon in sets:
+            if not (
+                isinstance(pokemon, dict)
+                and isinstance(pokemon.get("species"), str)
+                and isinstance(pokemon.get("moves"), list)
+                and all(isinstance(m, str) for m in pokemon["moves"])
+            ):
+                return None
+        teams[side] = sets
+    return teams

@@ -36,7 +36,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pokeagent.data.replay import Replay, players_from_log, ratings_from_log, winner_from_log
+from pokeagent.data.replay import (
+    Replay,
+    own_teams,
+    players_from_log,
+    ratings_from_log,
+    winner_from_log,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ WARN_PER_REASON = 20
 
 _POKECHAMP_COLUMNS = ("battle_id", "gamemode", "elo", "month_year", "text")
 _METAMON_COLUMNS = ("id", "format", "formatid", "players", "log", "uploadtime", "rating")
-_SERVER_LOG_EXTRA = ("seed", "turns", "endType", "timestamp", "p1team", "p2team", "inputLog")
+_SERVER_LOG_EXTRA = ("seed", "turns", "endType", "timestamp", "inputLog")
 _KINDS = ((".jsonl.gz", "jsonl"), (".jsonl", "jsonl"), (".json", "json"), (".parquet", "parquet"))
 _KINDS += ((".log", "log"), (".txt", "log"))
 _TIER_LINE = re.compile(r"^\|tier\|(.*)$", re.MULTILINE)
@@ -123,6 +129,7 @@ def _from_served(rec: dict, source: str, default_id: str) -> Replay:
         shared_rating=_rating(rec.get("rating")),  # the site's one number stands for both sides
         record_winner=rec.get("winner"),
         uploadtime=_int(rec.get("uploadtime")),
+        teams=rec.get("teams"),  # simulator battles written by `pokeagent generate`
     )
 
 
@@ -144,6 +151,7 @@ def _from_server_log(rec: dict, source: str, default_id: str) -> Replay:
         uploadtime=_js_date(rec.get("timestamp")),
         # Teams, seed and input log make server logs ground truth; keep them for the parser.
         extra={key: rec[key] for key in _SERVER_LOG_EXTRA if key in rec},
+        teams={"p1": rec.get("p1team"), "p2": rec.get("p2team")},
     )
 
 
@@ -173,6 +181,7 @@ def _build(
     record_winner: object = None,
     uploadtime: int | None = None,
     extra: dict | None = None,
+    teams: object = None,
 ) -> Replay:
     """The checks and fallbacks every shape shares."""
     if log is None or log == "":
@@ -206,6 +215,7 @@ def _build(
         source=source,
         uploadtime=uploadtime,
         extra=extra or {},
+        teams=own_teams(teams),
     )
     # The record's winner only where the log has no result: a `|tie` in the log stays a tie.
     if not replay.finished and isinstance(record_winner, str) and record_winner.strip():

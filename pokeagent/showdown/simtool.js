@@ -346,6 +346,9 @@ class BattleRunner {
 			turns: battle.turn,
 			end: battle.ended ? this.end : 'incomplete',
 			decisions: this.decisions,
+			// Each player's own team as the simulator built it (random formats make it from the
+			// seed): what a player knows of its own side, beyond what the public log reveals.
+			teams: Object.fromEntries(battle.sides.map(s => [s.id, s.team.map(ownSet)])),
 		};
 	}
 }
@@ -358,6 +361,14 @@ function errorRecord(id, err) {
 }
 
 // ------------------------------------------------------------- subcommands
+
+/** The fields of a PokemonSet a player knows of its own Pokémon (as in server logs' p1team). */
+function ownSet(set) {
+	return {
+		name: set.name, species: set.species, item: set.item, ability: set.ability,
+		moves: set.moves.slice(), level: set.level, teraType: set.teraType, gender: set.gender,
+	};
+}
 
 function replayItem(item) {
 	if (!item || !Array.isArray(item.input_log)) throw new Error('expected {"input_log": [...]}');
