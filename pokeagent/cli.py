@@ -2,6 +2,7 @@
 
 pokeagent showdown install|start|stop|status|teams
 pokeagent generate --format gen9randombattle --battles 200 --players heuristic,maxpower --out DIR
+pokeagent eval offline --checkpoint RUN_DIR --shards SHARDS_DIR
 pokeagent demo
 """
 
@@ -200,6 +201,34 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    if args.action == "offline":
+        from pokeagent.eval.offline import OfflineEvalConfig, run_offline_eval
+
+        metrics = run_offline_eval(
+            OfflineEvalConfig(
+                checkpoint=args.checkpoint,
+                shards=args.shards,
+                out=args.out,
+                split=args.split,
+                max_samples=args.max_samples,
+                window=args.window,
+                batch_size=args.batch_size,
+                device=args.device,
+            )
+        )
+        overall = metrics["overall"]
+        print(
+            f"step {metrics['step']}: {metrics['trajectories']} trajectories, "
+            f"{overall['labelled']} labelled decisions: top-1 {overall['top1']:.4f} "
+            f"top-3 {overall['top3']:.4f} policy loss {overall['policy_loss']:.4f} "
+            f"value log-loss {overall['value_log_loss']:.4f} Brier {overall['value_brier']:.4f}"
+        )
+        print(f"-> {metrics['out']}/offline.json, {metrics['out']}/offline.md")
+        return 0
+    raise AssertionError(args.action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pokeagent", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -321,6 +350,32 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.add_parser(
         "train", help="train with DeepSpeed (`pokeagent train --help`)", add_help=False
     )
+
+    ev = verbs.add_parser("eval", help="evaluate a checkpoint: offline on held-out shards")
+    ev_actions = ev.add_subparsers(dest="action", required=True)
+    p = ev_actions.add_parser(
+        "offline", help="action accuracy, policy/value loss and calibration on held-out shards"
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint folder, run directory or model.safetensors",
+    )
+    p.add_argument(
+        "--shards",
+        required=True,
+        nargs="+",
+        help="a `pokeagent pack` folder (its val-*.tar) or tar files",
+    )
+    p.add_argument("--out", default=None, help="default: <run dir>/eval/offline-step<N>")
+    p.add_argument("--split", default="val", help="which shards of a folder to read")
+    p.add_argument("--max-samples", type=int, default=None, help="first N trajectories only")
+    p.add_argument(
+        "--window", type=int, default=None, help="decisions per chunk (default: the run's window)"
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ev.set_defaults(func=_eval)
 
     demo = verbs.add_parser(
         "demo", help="the CPU demo: the pipeline end to end, as far as it exists"
