@@ -1,0 +1,676 @@
+"""`launch/train.sh NODES GPUS_PER_NODE [HOURS] [BATCH_PER_GPU] [options]`: submit, or run here.
+
+    launch/train.sh 1 4 6                         # tier 1x4: 4 GPUs, global batch 1024, 6 h, requeued until done
+    launch/train.sh 8 4 12 --dry-run              # print the sbatch script and the launch command only
+    launch/train.sh 1 1 1 --test-mode --mock-data # where there is no SLURM: a local smoke run
+
+With `sbatch` on PATH the job is submitted; without it the run starts on this machine (torchrun
+with one process per GPU, or a single process). One template renders every tier's sbatch
+script: `#SBATCH` resources sized from the preset and the loader workers (the script says why),
+`--signal=USR1@<margin>` so the trainer checkpoints and exits 0 before the time limit,
+`--requeue` plus a requeue when the time ran out (the trainer resumes from `checkpoints/latest`),
+the log at `RUN_DIR/slurm-JOBID.out`, TensorBoard in `RUN_DIR/tb`.
+
+Two wirings (`--wiring`):
+- `srun` (default, no ssh between nodes needed): one launcher per node through `srun`, torchrun
+  with a c10d rendezvous on the first node. SLURM signals every process of the step; the
+  per-node launcher ignores USR1 so that only the ranks act on it (they save and exit 0, and the
+  launcher then exits 0 on its own).
+- `srun-deepspeed`: the same with `deepspeed --no_ssh --node_rank=$SLURM_NODEID` per node.
+- `deepspeed`: `deepspeed --hostfile` from the batch shell (pdsh over ssh). The signal goes to the
+  batch shell (`B:`), which forwards it to the ranks on every node.
+
+Options fail before anything starts when unknown, out of range or contradictory, naming the
+option (`LaunchError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from pokeagent.launch.resources import NodeRequest, node_request
+
+REPO = Path(__file__).resolve().parents[2]
+TIERS_DIR = REPO / "launch" / "tiers"
+
+
+class LaunchError(ValueError):
+    """An option that is unknown, out of range or contradicts another; the message names it."""
+
+
+@dataclass(frozen=True)
+class Tier:
+    nodes: int
+    gpus_per_node: int
+    ds_config: str
+    """Why this one: see the comment in TIERS."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.nodes}x{self.gpus_per_node}"
+
+
+TIERS = {
+    t.name: t
+    for t in (
+        # ZeRO-2 (gradients + optimizer states sharded) leaves the most room for 256 windows/GPU
+        # on few GPUs; at 32 GPUs the optimizer shard of a 200M model is ~75 MB, and ZeRO-1 spares
+        # the gradient partitioning's bookkeeping.
+        Tier(1, 4, "zero2_bf16"),
+        Tier(2, 4, "zero2_bf16"),
+        Tier(4, 4, "zero2_bf16"),
+        Tier(8, 4, "zero1_bf16"),
+    )
+}
+DEFAULT_DS_CONFIG = "zero2_bf16"
+
+
+@dataclass
+class LaunchOptions:
+    """Everything `launch/train.sh` takes; the run options pass through to `pokeagent train`."""
+
+    nodes: int
+    gpus_per_node: int
+    time_limit_hours: float = 6.0
+    """SLURM wall time of each job (and the trainer's own stop, minus the margin)."""
+    batch_size_per_gpu: int = 256
+    global_batch: int | None = None
+    """If given: must equal batch x GPUs x grad accumulation; sets the accumulation."""
+    max_steps: int = 200_000
+    learning_rate: float = 3e-4
+    """At the reference global batch 256; the trainer scales it by the square-root rule."""
+    checkpoint_minutes: float = 15.0
+    eval_every: int | None = None
+    data_dir: str = "shards"
+    max_samples: int | None = None
+    min_elo: int | None = None
+    workers_per_gpu: int = 2
+    model: str = "large"
+    ds_config: str | None = None
+    """Default: the tier's (TIERS), zero2_bf16 for other shapes, cpu for a local run without CUDA."""
+    run_dir: str | None = None
+    """Default: runs/<model>-<N>gpu."""
+    memory: int | None = None
+    """GB of host memory per node (default: estimated, see resources.py)."""
+    cpus_per_node: int | None = None
+    exclusive: bool = False
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    wiring: str = "srun"
+    stop_margin_minutes: float = 10.0
+    """SIGUSR1 this long before the time limit: the last checkpoint must fit in it."""
+    max_requeues: int = 20
+    debug: bool = False
+    resume: bool = False
+    test_mode: bool = False
+    mock_data: bool = False
+    dry_run: bool = False
+    seed: int | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def grad_accum(self) -> int:
+        if self.global_batch is None:
+            return 1
+        return self.global_batch // (self.batch_size_per_gpu * self.world_size)
+
+    @property
+    def tier(self) -> str:
+        return f"{self.nodes}x{self.gpus_per_node}"
+
+    @property
+    def resolved_run_dir(self) -> str:
+        return self.run_dir or f"runs/{self.model}-{self.world_size}gpu"
+
+    @property
+    def resolved_ds_config(self) -> str:
+        if self.ds_config:
+            return self.ds_config
+        tier = TIERS.get(self.tier)
+        return tier.ds_config if tier else DEFAULT_DS_CONFIG
+
+
+# ---------------------------------------------------------------------------------- options
+_TEST_MODE = {"model": "tiny", "batch_size_per_gpu": 8, "max_steps": 20}
+"""What --test-mode changes in the launcher's defaults (as `pokeagent train --test-mode` does)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch/train.sh",
+        description="Submit a training run to SLURM, or run it here where there is no SLURM.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("nodes", type=int, help="nodes")
+    parser.add_argument("gpus_per_node", type=int, help="GPUs per node")
+    parser.add_argument("hours", type=float, nargs="?", help="wall time per job (default 6)")
+    parser.add_argument("batch", type=int, nargs="?", help="windows per GPU (default 256)")
+    add = parser.add_argument
+    add("--time-limit-hours", type=float, help="same as HOURS (default 6)")
+    add("--batch-size-per-gpu", type=int, help="same as BATCH_PER_GPU (default 256)")
+    add("--global-batch", type=int, help="sets gradient accumulation; must divide exactly")
+    add("--max-steps", type=int, help="optimizer steps of the whole run (default 200000)")
+    add("--learning-rate", type=float, help="at global batch 256, sqrt-scaled (default 3e-4)")
+    add("--checkpoint-minutes", type=float, help="wall-clock minutes between checkpoints (15)")
+    add("--eval-every", type=int, help="steps between validation passes")
+    add("--data-dir", help="shards from `pokeagent pack` (default shards)")
+    add("--max-samples", type=int, help="stop after this many training samples")
+    add("--min-elo", type=int, help="train only on battles whose known ratings reach this")
+    add("--workers-per-gpu", type=int, help="loader workers per GPU, 1-8 (default 2; 2-4 is right)")
+    add("--model", help="model preset (default large)")
+    add("--ds-config", help="DeepSpeed JSON in ds_configs/ or a path (default: the tier's)")
+    add("--run-dir", help="default runs/<model>-<N>gpu")
+    add("--seed", type=int, help="model init and data order (default 0)")
+    add("--memory", type=int, help="GB of host memory per node (default: estimated)")
+    add("--cpus-per-node", type=int, help="CPU cores per node (default: estimated)")
+    add("--exclusive", action="store_true", default=None, help="whole nodes")
+    add("--partition", help="SLURM partition (default: detected with sinfo)")
+    add("--account", help="SLURM account (default: detected with sacctmgr)")
+    add("--qos", help="SLURM QOS (default: the account's default)")
+    add(
+        "--wiring",
+        choices=("srun", "srun-deepspeed", "deepspeed"),
+        help="srun + torchrun per node (default), srun + deepspeed --no_ssh per node, or deepspeed --hostfile over pdsh/ssh",
+    )
+    add("--stop-margin-minutes", type=float, help="SIGUSR1 this long before the limit (10)")
+    add("--max-requeues", type=int, help="requeues when the time runs out (default 20)")
+    for flag, text in (
+        ("--debug", "verbose logs: every step, NCCL_DEBUG=INFO, TORCH_DISTRIBUTED_DEBUG=DETAIL"),
+        ("--resume", "require a checkpoint in the run directory"),
+        ("--test-mode", "a few steps of the tiny model"),
+        ("--mock-data", "shards packed on the fly from simulator battles"),
+        ("--dry-run", "print the sbatch script and launch command, run nothing"),
+    ):
+        add(flag, action="store_true", default=None, help=text)
+    return parser
+
+
+def _same(args: argparse.Namespace, positional: str, option: str, flag: str, name: str):
+    a, b = getattr(args, positional), getattr(args, option)
+    if a is not None and b is not None and a != b:
+        raise LaunchError(f"{name} {a} and {flag} {b} disagree: give one")
+    return a if a is not None else b
+
+
+def options_from_args(argv: list[str]) -> LaunchOptions:
+    """Parse and check; raises LaunchError (or SystemExit from argparse for unknown options)."""
+    args = build_parser().parse_args(argv)
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(LaunchOptions)
+        if hasattr(args, f.name) and getattr(args, f.name) is not None
+    }
+    given["time_limit_hours"] = _same(
+        args, "hours", "time_limit_hours", "--time-limit-hours", "HOURS"
+    )
+    given["batch_size_per_gpu"] = _same(
+        args, "batch", "batch_size_per_gpu", "--batch-size-per-gpu", "BATCH_PER_GPU"
+    )
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.test_mode:
+        given = _TEST_MODE | given
+    opts = LaunchOptions(**given)
+    check(opts)
+    return opts
+
+
+def check(opts: LaunchOptions) -> None:
+    """Every range and contradiction, each error naming its option."""
+    positive = {
+        "NODES": opts.nodes,
+        "GPUS_PER_NODE": opts.gpus_per_node,
+        "--batch-size-per-gpu": opts.batch_size_per_gpu,
+        "--max-steps": opts.max_steps,
+    }
+    for flag, value in positive.items():
+        if value < 1:
+            raise LaunchError(f"{flag} must be >= 1, got {value}")
+    for flag, value in {
+        "--time-limit-hours": opts.time_limit_hours,
+        "--learning-rate": opts.learning_rate,
+        "--checkpoint-minutes": opts.checkpoint_minutes,
+        "--stop-margin-minutes": opts.stop_margin_minutes,
+    }.items():
+        if not value > 0 or not math.isfinite(value):
+            raise LaunchError(f"{flag} must be > 0, got {value}")
+    for flag, value in {
+        "--eval-every": opts.eval_every,
+        "--max-samples": opts.max_samples,
+        "--memory": opts.memory,
+        "--cpus-per-node": opts.cpus_per_node,
+    }.items():
+        if value is not None and value < 1:
+            raise LaunchError(f"{flag} must be >= 1, got {value}")
+    if opts.min_elo is not None and opts.min_elo < 0:
+        raise LaunchError(f"--min-elo must be >= 0, got {opts.min_elo}")
+    if opts.max_requeues < 0:
+        raise LaunchError(f"--max-requeues must be >= 0, got {opts.max_requeues}")
+    if not 1 <= opts.workers_per_gpu <= 8:
+        raise LaunchError(
+            f"--workers-per-gpu must be 1-8 (2-4 is right), got {opts.workers_per_gpu}"
+        )
+    if opts.stop_margin_minutes >= opts.time_limit_hours * 60:
+        raise LaunchError(
+            f"--stop-margin-minutes {opts.stop_margin_minutes} leaves no training time in "
+            f"--time-limit-hours {opts.time_limit_hours}"
+        )
+    if opts.global_batch is not None:
+        per_step = opts.batch_size_per_gpu * opts.world_size
+        if opts.global_batch % per_step:
+            raise LaunchError(
+                f"--global-batch {opts.global_batch} is not a multiple of --batch-size-per-gpu "
+                f"{opts.batch_size_per_gpu} x {opts.world_size} GPUs = {per_step}"
+            )
+    if opts.resume and opts.mock_data:
+        raise LaunchError("--resume and --mock-data contradict: mock shards are for a fresh run")
+    from pokeagent.model.config import PRESETS
+
+    if opts.model not in PRESETS:
+        raise LaunchError(f"--model {opts.model!r}: choose from {sorted(PRESETS)}")
+    if not opts.mock_data and not opts.dry_run and not Path(opts.data_dir).is_dir():
+        raise LaunchError(
+            f"--data-dir {opts.data_dir}: no such folder (pack shards with `pokeagent pack`, or "
+            "give --mock-data for a smoke run)"
+        )
+
+
+def resolved(opts: LaunchOptions, fp16_supported: bool = True) -> dict:
+    """The DeepSpeed config the trainer will build (batch arithmetic and JSON checked here)."""
+    from pokeagent.train.ds_config import BatchPlan, ConfigError, resolve_ds_config, scaled_lr
+
+    plan = BatchPlan(opts.batch_size_per_gpu, opts.grad_accum, opts.world_size)
+    lr = scaled_lr(opts.learning_rate, plan.global_batch)
+    try:
+        ds = resolve_ds_config(
+            opts.resolved_ds_config, plan, lr=lr, grad_clip=1.0, fp16_supported=fp16_supported
+        )
+    except ConfigError as error:
+        raise LaunchError(f"--ds-config: {error}") from error
+    return {"global_batch": plan.global_batch, "peak_lr": lr, "deepspeed": ds}
+
+
+# ---------------------------------------------------------------------------------- commands
+def train_args(opts: LaunchOptions, ds_config: str | None = None) -> list[str]:
+    """`pokeagent train` options for this launch (what every rank runs)."""
+    values = {
+        "run-dir": opts.resolved_run_dir,
+        "data-dir": opts.data_dir,
+        "model": opts.model,
+        "ds-config": ds_config or opts.resolved_ds_config,
+        "batch-size-per-gpu": opts.batch_size_per_gpu,
+        "grad-accum": opts.grad_accum,
+        "max-steps": opts.max_steps,
+        "learning-rate": opts.learning_rate,
+        "checkpoint-minutes": opts.checkpoint_minutes,
+        "time-limit-hours": opts.time_limit_hours,
+        "time-margin-minutes": opts.stop_margin_minutes,
+        "workers-per-gpu": opts.workers_per_gpu,
+        "seed": opts.seed,
+        "eval-every": opts.eval_every,
+        "max-samples": opts.max_samples,
+        "min-elo": opts.min_elo,
+    }
+    out = [item for k, v in values.items() if v is not None for item in (f"--{k}", str(v))]
+    for flag in ("debug", "resume", "test_mode", "mock_data"):
+        if getattr(opts, flag):
+            out.append("--" + flag.replace("_", "-"))
+    return out
+
+
+class _Shell(str):
+    """A word of the template that the script's shell expands (`"--x=$VAR"`), unlike user values."""
+
+
+def _join(words: list[str]) -> str:
+    return " ".join(f'"{w}"' if isinstance(w, _Shell) else shlex.quote(w) for w in words)
+
+
+def node_launch_words(opts: LaunchOptions) -> list[str]:
+    """The per-node command of the srun wiring (shell words; `$VAR` ones expand in the script)."""
+    if opts.wiring == "srun":
+        return [
+            "torchrun",
+            f"--nnodes={opts.nodes}",
+            f"--nproc_per_node={opts.gpus_per_node}",
+            _Shell("--rdzv_id=$SLURM_JOB_ID"),
+            "--rdzv_backend=c10d",
+            _Shell("--rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT"),
+            "-m",
+            "pokeagent.train",
+            *train_args(opts),
+        ]
+    ssh = [] if opts.wiring == "srun-deepspeed" else ["deepspeed"]
+    return [
+        *ssh,
+        _Shell("--hostfile=$HOSTFILE"),
+        _Shell("--master_addr=$MASTER_ADDR"),
+        _Shell("--master_port=$MASTER_PORT"),
+        "--module",
+        "pokeagent.train",
+        *train_args(opts),
+    ]
+
+
+def local_command(opts: LaunchOptions, cuda: bool) -> list[str]:
+    """Where there is no SLURM: torchrun with one process per GPU, or one process."""
+    ds = opts.ds_config or (opts.resolved_ds_config if cuda else "cpu")
+    args = train_args(opts, ds_config=ds)
+    if opts.gpus_per_node == 1:
+        return [sys.executable, "-m", "pokeagent.train", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={opts.gpus_per_node}",
+        "-m",
+        "pokeagent.train",
+        *args,
+    ]
+
+
+# ---------------------------------------------------------------------------------- cluster
+def _query(command: list[str]) -> str | None:
+    if shutil.which(command[0]) is None:
+        return None
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def detect_cluster(opts: LaunchOptions) -> list[str]:
+    """Fill partition/account/QOS from sinfo/sacctmgr where missing; check given ones exist.
+
+    Returns notes for the dry-run; raises LaunchError for a partition or account that the
+    cluster does not have."""
+    notes = []
+    user = os.environ.get("USER", "")
+    partitions = _query(["sinfo", "-h", "-o", "%P %G"])
+    if partitions is None:
+        notes.append("partition: sinfo not available; SLURM's default partition applies")
+    else:
+        rows = [line.split() for line in partitions.splitlines() if line.strip()]
+        names = {row[0].rstrip("*") for row in rows}
+        if opts.partition and opts.partition not in names:
+            raise LaunchError(f"--partition {opts.partition}: not one of {sorted(names)} (sinfo)")
+        if not opts.partition:
+            with_gpus = [r[0] for r in rows if len(r) > 1 and "gpu" in r[1].lower()]
+            default = [n for n in with_gpus if n.endswith("*")] or with_gpus
+            if default:
+                opts.partition = default[0].rstrip("*")
+                notes.append(f"partition: {opts.partition} (detected: has GPUs per sinfo)")
+            else:
+                notes.append("partition: sinfo lists none with GPUs; SLURM's default applies")
+    accounts = _query(
+        ["sacctmgr", "-nP", "show", "assoc", f"user={user}", "format=account,qos,defaultqos"]
+    )
+    if accounts is None:
+        notes.append("account/QOS: sacctmgr not available; SLURM's defaults apply")
+        return notes
+    rows = [line.split("|") for line in accounts.splitlines() if line.strip()]
+    names = [row[0] for row in rows if row and row[0]]
+    if opts.account and opts.account not in names:
+        raise LaunchError(
+            f"--account {opts.account}: {user} has only {sorted(set(names))} (sacctmgr)"
+        )
+    if not opts.account and names:
+        default = _query(["sacctmgr", "-nP", "show", "user", user, "format=defaultaccount"])
+        opts.account = (default or "").strip() or names[0]
+        notes.append(f"account: {opts.account} (detected with sacctmgr)")
+    row = next((r for r in rows if r[0] == opts.account), None)
+    if row and len(row) >= 3:
+        allowed = [q for q in row[1].split(",") if q]
+        if opts.qos and allowed and opts.qos not in allowed:
+            raise LaunchError(
+                f"--qos {opts.qos}: account {opts.account} allows {allowed} (sacctmgr)"
+            )
+        if not opts.qos and row[2]:
+            opts.qos = row[2]
+            notes.append(f"qos: {opts.qos} (the account's default, sacctmgr)")
+    return notes
+
+
+# ---------------------------------------------------------------------------------- sbatch
+def _time(hours: float) -> str:
+    minutes = round(hours * 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+def request(opts: LaunchOptions) -> NodeRequest:
+    from pokeagent.train.ds_config import load_ds_json
+
+    ds = load_ds_json(opts.resolved_ds_config)
+    offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
+    return node_request(
+        opts.model,
+        opts.gpus_per_node,
+        opts.workers_per_gpu,
+        opts.world_size,
+        offload,
+        cpus=opts.cpus_per_node,
+        memory_gb=opts.memory,
+    )
+
+
+def render_sbatch(opts: LaunchOptions, command: str) -> str:
+    """The sbatch script for this launch (one template for every tier and both wirings)."""
+    need = request(opts)
+    facts = resolved(opts)
+    run_dir = opts.resolved_run_dir
+    margin_s = int(opts.stop_margin_minutes * 60)
+    limit_s = round(opts.time_limit_hours * 60) * 60
+    signal = f"{'B:' if opts.wiring == 'deepspeed' else ''}USR1@{margin_s}"
+    head = [
+        "#!/bin/bash",
+        f"# pokeagent tier {opts.tier}: {opts.nodes} node(s) x {opts.gpus_per_node} GPUs = "
+        f"{opts.world_size} ranks, global batch {facts['global_batch']} "
+        f"({opts.batch_size_per_gpu}/GPU x {opts.grad_accum} accumulation), "
+        f"peak lr {facts['peak_lr']:.3g}, {opts.resolved_ds_config}, {opts.wiring} wiring.",
+        f"# Generated by: {command}",
+        "# (pokeagent/launch/slurm.py renders it; change the options there, not here.)",
+        f"#SBATCH --job-name=pokeagent-{opts.model}-{opts.tier}",
+        f"#SBATCH --nodes={opts.nodes}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --gpus-per-node={opts.gpus_per_node}",
+        f"#SBATCH --cpus-per-task={need.cpus}",
+        f"#SBATCH --mem={need.memory_gb}G",
+        f"#SBATCH --time={_time(opts.time_limit_hours)}",
+        f"#SBATCH --signal={signal}",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={run_dir}/slurm-%j.out",
+    ]
+    for key in ("partition", "account", "qos"):
+        if getattr(opts, key):
+            head.append(f"#SBATCH --{key}={getattr(opts, key)}")
+    if opts.exclusive:
+        head.append("#SBATCH --exclusive")
+    head += [f"# {line}" for line in need.why]
+    env = ["export OMP_NUM_THREADS=1"]
+    if opts.debug:
+        env += ["export NCCL_DEBUG=INFO", "export TORCH_DISTRIBUTED_DEBUG=DETAIL"]
+    body = [
+        "",
+        "set -uo pipefail",
+        'cd "${SLURM_SUBMIT_DIR:-.}"',
+        "if [ -f .venv/bin/activate ]; then source .venv/bin/activate; fi",
+        f"RUN_DIR={shlex.quote(run_dir)}",
+        'mkdir -p "$RUN_DIR"',
+        *env,
+        'MASTER_ADDR="$(python -m pokeagent.launch hostfile --first)" || exit 1',
+        "MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        "export MASTER_ADDR MASTER_PORT",
+        'echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST; '
+        'master $MASTER_ADDR:$MASTER_PORT"',
+        'echo "watch: tensorboard --logdir $RUN_DIR/tb ; tail -f $RUN_DIR/slurm-$SLURM_JOB_ID.out"',
+    ]
+    launch = _join(node_launch_words(opts))
+    if opts.wiring != "srun":
+        body += [
+            'HOSTFILE="$RUN_DIR/hostfile-$SLURM_JOB_ID"',
+            'python -m pokeagent.launch hostfile > "$HOSTFILE" || exit 1',
+        ]
+    if opts.wiring in ("srun", "srun-deepspeed"):
+        per_node = (
+            'exec "$@"'
+            if opts.wiring == "srun"
+            else 'exec deepspeed --no_ssh --node_rank="$SLURM_NODEID" "$@"'
+        )
+        body += [
+            "# One launcher per node; it ignores USR1 (SLURM signals every process of the step) so",
+            "# that the ranks alone act on it: they finish the step, save, and exit 0.",
+            f"srun --ntasks-per-node=1 --cpus-per-task={need.cpus} --kill-on-bad-exit=1 \\",
+            f"  bash -c 'trap \"\" USR1; {per_node}' pokeagent-node \\",
+            f"  {launch}",
+            "STATUS=$?",
+        ]
+    else:
+        body += [
+            'HOSTS="$(python -m pokeagent.launch hostfile --names)"',
+            "# SLURM signals this shell (B:USR1); pass it on to the ranks on every node.",
+            "forward_stop() {",
+            '  pdsh -R ssh -w "$HOSTS" "pkill -USR1 -u $USER -f \'pokeagent[.]train --local_rank=.*--run-dir $RUN_DIR\'"',
+            "}",
+            "trap forward_stop USR1",
+            f"{launch} &",
+            "LAUNCHER=$!",
+            "# wait returns early when the trap runs: wait again until the launcher has ended.",
+            'STATUS=0; wait "$LAUNCHER" || STATUS=$?',
+            'while kill -0 "$LAUNCHER" 2>/dev/null; do STATUS=0; wait "$LAUNCHER" || STATUS=$?; done',
+        ]
+    body += [
+        "# Out of time (USR1 came, the trainer saved): requeue; the trainer resumes from",
+        "# checkpoints/latest. A run that reached --max-steps is not requeued.",
+        f'if [ "$STATUS" -eq 0 ] && [ "$SECONDS" -ge {max(0, limit_s - margin_s - 300)} ] \\',
+        f'   && [ "${{SLURM_RESTART_COUNT:-0}}" -lt {opts.max_requeues} ]; then',
+        '  LAST=$(sed "s/^step0*//" "$RUN_DIR/checkpoints/latest" 2>/dev/null || echo 0)',
+        f'  if [ "${{LAST:-0}}" -lt {opts.max_steps} ]; then',
+        '    echo "requeueing at step $LAST"; scontrol requeue "$SLURM_JOB_ID"',
+        "  fi",
+        "fi",
+        'exit "$STATUS"',
+    ]
+    return "\n".join(head + body) + "\n"
+
+
+def render_tier(name: str) -> str:
+    """The checked-in launch/tiers/<name>.sbatch: the tier with every default."""
+    tier = TIERS[name]
+    opts = LaunchOptions(tier.nodes, tier.gpus_per_node, dry_run=True)
+    return render_sbatch(
+        opts,
+        f"launch/train.sh {tier.nodes} {tier.gpus_per_node} (defaults); regenerate: "
+        "python -m pokeagent.launch render-tiers",
+    )
+
+
+def write_tiers(out: Path = TIERS_DIR) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in TIERS:
+        path = out / f"{name}.sbatch"
+        path.write_text(render_tier(name))
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------- main
+def _cuda() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str]) -> int:
+    try:
+        opts = options_from_args(argv)
+        command = "launch/train.sh " + " ".join(shlex.quote(a) for a in argv)
+        slurm = shutil.which("sbatch") is not None
+        notes = detect_cluster(opts) if slurm or opts.dry_run else []
+        facts = resolved(opts)
+        script = render_sbatch(opts, command)
+    except LaunchError as error:
+        print(f"launch/train.sh: error: {error}", file=sys.stderr)
+        return 2
+    run_dir = Path(opts.resolved_run_dir)
+    summary = {
+        "tier": opts.tier,
+        "nodes": opts.nodes,
+        "gpus_per_node": opts.gpus_per_node,
+        "world_size": opts.world_size,
+        "global_batch": facts["global_batch"],
+        "grad_accum": opts.grad_accum,
+        "peak_lr": facts["peak_lr"],
+        "ds_config": opts.resolved_ds_config,
+        "run_dir": str(run_dir),
+        "time_limit": _time(opts.time_limit_hours),
+        "signal_margin_s": int(opts.stop_margin_minutes * 60),
+    }
+    if opts.dry_run:
+        print("# ---- plan")
+        print(json.dumps(summary, indent=2))
+        for note in notes:
+            print(f"# {note}")
+        print("# ---- sbatch script")
+        print(script, end="")
+        print("# ---- launch command")
+        if slurm:
+            print(f"cd {shlex.quote(os.getcwd())} && sbatch --parsable {run_dir}/job.sbatch")
+        elif opts.nodes > 1:
+            print(
+                f"# no sbatch here: {opts.nodes} nodes need SLURM; `sbatch` the script above there"
+            )
+        else:
+            print(
+                "# (no sbatch here: on a SLURM cluster, `sbatch` the script above; here it runs as)"
+            )
+            print(_join(local_command(opts, cuda=_cuda())))
+        return 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "launch.json").write_text(
+        json.dumps({"command": command, "options": asdict(opts), **summary}, indent=2)
+    )
+    if slurm:
+        path = run_dir / "job.sbatch"
+        path.write_text(script)
+        out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
+        if out.returncode:
+            print(f"launch/train.sh: sbatch failed: {out.stderr.strip()}", file=sys.stderr)
+            return out.returncode
+        job = out.stdout.strip().split(";")[0]
+        print(f"submitted job {job} ({opts.tier}, global batch {facts['global_batch']})")
+        print(f"  log:         {run_dir}/slurm-{job}.out")
+        print(f"  tensorboard: tensorboard --logdir {run_dir}/tb")
+        print(f"  queue:       squeue -j {job}")
+        return 0
+    if opts.nodes > 1:
+        print(
+            f"launch/train.sh: error: NODES {opts.nodes} needs SLURM (no sbatch on PATH); "
+            "here run 1 node, or --dry-run to see the sbatch script",
+            file=sys.stderr,
+        )
+        return 2
+    cmd = local_command(opts, cuda=_cuda())
+    print("running here (no SLURM): " + _join(cmd), flush=True)
+    started = time.monotonic()
+    code = subprocess.run(cmd).returncode
+    print(f"finished with exit code {code} after {time.monotonic() - started:.0f} s")
+    return code
