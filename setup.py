@@ -23,7 +23,7 @@ setup(
         "torch>=2.4",
         "deepspeed>=0.19.8,<0.20",
         "webdataset>=1.0.2,<2",
-        "huggingface_hub>=0.24",
+        "huggingface_hub>=2.4",  # pokeagent.data.hub uses its httpx2 session and errors
         "tensorboard>=2.16",
         "poke-env==0.16.1",
         "numpy>=1.26",

@@ -2,6 +2,7 @@
 
 pokeagent showdown install|start|stop|status|teams
 pokeagent generate --format gen9randombattle --battles 200 --players heuristic,maxpower --out DIR
+pokeagent download --dataset metamon-raw --formats gen1ou --min-rating 1300 --out DIR
 pokeagent eval offline --checkpoint RUN_DIR --shards SHARDS_DIR
 pokeagent demo
 """
@@ -91,6 +92,27 @@ def _generate(args: argparse.Namespace) -> int:
     summary = generate(cfg, progress=not args.no_progress)
     print(summary.table())
     print(f"-> {cfg.out}/replays.jsonl, {cfg.out}/ground_truth.jsonl, {cfg.out}/summary.json")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from pokeagent.data.hub import DownloadConfig, download
+
+    cfg = DownloadConfig(
+        dataset=args.dataset,
+        out=Path(args.out),
+        formats=args.formats.split(",") if args.formats else None,
+        min_rating=args.min_rating,
+        max_games=args.max_games,
+        months=args.months.split(",") if args.months else None,
+        splits=args.splits.split(",") if args.splits else None,
+        workers=args.workers,
+        revision=args.revision,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+    )
+    summary = download(cfg, progress=not args.no_progress)
+    print(summary.table())
+    print(f"-> {cfg.out}/replays/ (parquet), {cfg.out}/summary.json")
     return 0
 
 
@@ -190,6 +212,29 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from pokeagent.launch.validate import ValidateConfig, validate
+
+    report = validate(
+        ValidateConfig(
+            data_dir=args.data_dir,
+            run_dir=args.run_dir,
+            model=args.model,
+            ds_config=args.ds_config,
+            batch_size_per_gpu=args.batch_size_per_gpu,
+            grad_accum=args.grad_accum,
+            window=args.window,
+            nodes=args.nodes,
+            gpus_per_node=args.gpus_per_node,
+            hosts=args.hosts,
+            comprehensive=args.comprehensive,
+            needs_showdown=args.needs_showdown,
+        )
+    )
+    print(report.table())
+    return 0 if report.ok else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pokeagent.demo import DemoConfig, run_demo
 
@@ -281,6 +326,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--no-progress", action="store_true")
     gen.set_defaults(func=_generate)
+
+    dl = verbs.add_parser(
+        "download", help="real replays from the Hugging Face Hub, filtered, into parquet shards"
+    )
+    dl.add_argument("--dataset", required=True, help="pokechamp or metamon-raw")
+    dl.add_argument("--out", required=True, help="output folder (a rerun reuses what is there)")
+    dl.add_argument("--formats", default=None, help="comma-separated format ids to keep")
+    dl.add_argument("--min-rating", type=int, default=None)
+    dl.add_argument("--max-games", type=int, default=None, help="stop after this many games")
+    dl.add_argument("--months", default=None, help="e.g. 2024-03,2024-06..2024-09 (or March2024)")
+    dl.add_argument("--splits", default=None, help="dataset splits to keep, e.g. train")
+    dl.add_argument("--workers", type=int, default=4, help="parallel file downloads")
+    dl.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    dl.add_argument(
+        "--cache-dir", default=None, help="raw file cache (default: $HF_HOME/pokeagent)"
+    )
+    dl.add_argument("--no-progress", action="store_true")
+    dl.set_defaults(func=_download)
 
     pk = verbs.add_parser(
         "pack", help="replays -> parsed, encoded trajectories in WebDataset shards"
@@ -376,6 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ev.set_defaults(func=_eval)
+
+    val = verbs.add_parser(
+        "validate", help="pre-flight checks: torch, CUDA, NCCL, DeepSpeed, data, disk, nodes, config"
+    )
+    val.add_argument("--comprehensive", action="store_true", help="read every shard, run a collective, build the ops")
+    val.add_argument("--data-dir", default="shards")
+    val.add_argument("--run-dir", default="runs", help="where checkpoints go (disk space)")
+    val.add_argument("--model", default="large")
+    val.add_argument("--ds-config", default=None, help="default: zero2_bf16 with CUDA, cpu without")
+    val.add_argument("--batch-size-per-gpu", type=int, default=256)
+    val.add_argument("--grad-accum", type=int, default=1)
+    val.add_argument("--window", type=int, default=64)
+    val.add_argument("--nodes", type=int, default=1)
+    val.add_argument("--gpus-per-node", type=int, default=1)
+    val.add_argument("--hosts", default=None, help="hosts to reach (default: the SLURM allocation)")
+    val.add_argument("--needs-showdown", action="store_true", help="fail without Showdown (mock data, battles)")
+    val.set_defaults(func=_validate)
 
     demo = verbs.add_parser(
         "demo", help="the CPU demo: the pipeline end to end, as far as it exists"
