@@ -164,3 +164,43 @@ def test_every_encoded_volatile_is_tracked_by_the_state():
     from pokeagent.showdown.state import TRACKED_VOLATILES
 
     assert set(VOLATILE_FLAGS) <= TRACKED_VOLATILES  # an untracked flag would always be 0
+
+
+def test_incremental_encoder_equals_encode_after_every_message(battles):
+    """What a live loop does (parse_line -> apply -> encoder) gives `encode`'s arrays, byte for
+    byte, after every message; the parser's incremental path gives them at every decision."""
+    from pokeagent.data.encode import IncrementalEncoder
+    from pokeagent.data.parse import build_hindsight
+    from pokeagent.showdown.protocol import parse_line
+    from pokeagent.showdown.state import BattleState
+
+    def same(a, b):
+        return all(a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes() for k in a)
+
+    compared = 0
+    for record in battles[:6]:
+        msgs = [m for m in map(parse_line, record["log"].splitlines()) if m is not None]
+        final = BattleState()
+        for msg in msgs:
+            final.apply(msg)
+        hindsight = build_hindsight(final)
+        state, incremental = BattleState(), IncrementalEncoder()
+        for index, msg in enumerate(msgs):
+            state.apply(msg)
+            for side in ("p1", "p2"):
+                kind = index % 3
+                assert same(
+                    incremental(state, side, hindsight, kind), encode(state, side, hindsight, kind)
+                )
+                compared += 1
+    assert compared > 1000
+
+    def plain(state, side, hindsight, kind):
+        return encode(state, side, hindsight, kind)  # not `encode` itself: the plain path
+
+    for record, (first, second) in _parsed(battles):
+        replay = Replay(record["id"], record["format"], tuple(record["players"]), record["log"])
+        for fast, slow in zip((first, second), parse_replay(replay, encoder=plain), strict=True):
+            assert len(fast.decisions) == len(slow.decisions)
+            for a, b in zip(fast.decisions, slow.decisions, strict=True):
+                assert same(a.obs, b.obs)

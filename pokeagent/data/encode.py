@@ -24,7 +24,7 @@ for them and never the hindsight, which holds the player's own team only.
 
 from __future__ import annotations
 
-from functools import cache, lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -153,12 +153,23 @@ class _Lookups:
     """Name -> index, memoised: the same few hundred names recur in every battle."""
 
     def __init__(self, dex: Dex):
-        size = 1 << 16
-        self.species_index = lru_cache(size)(dex.species_index)
-        self.move_index = lru_cache(size)(dex.move_index)
-        self.item_index = lru_cache(size)(dex.item_index)
-        self.ability_index = lru_cache(size)(dex.ability_index)
-        self.type_index = lru_cache(size)(dex.type_index)
+        self.species_index = _memo(dex.species_index)
+        self.move_index = _memo(dex.move_index)
+        self.item_index = _memo(dex.item_index)
+        self.ability_index = _memo(dex.ability_index)
+        self.type_index = _memo(dex.type_index)
+
+
+def _memo(lookup):
+    table: dict[str, int] = {}
+
+    def index(name: str) -> int:
+        value = table.get(name)
+        if value is None:
+            value = table[name] = lookup(name)
+        return value
+
+    return index
 
 
 @cache
@@ -174,106 +185,311 @@ def _index(lookup, name: str | None) -> int:
     return lookup(name)
 
 
+# Column indices, resolved once (the hot loops index arrays with plain ints).
+_PRESENT, _REVEALED, _OWN, _ACTIVE, _FAINTED, _HP, _LEVEL, _TERA, _LOCKED = (
+    _F[name]
+    for name in (
+        "present",
+        "revealed",
+        "own",
+        "active",
+        "fainted",
+        "hp",
+        "level",
+        "terastallized",
+        "choice_locked",
+    )
+)
+_STATUS_COLUMN = {s: _F["status_" + s] for s in STATUSES}
+_BOOST_COLUMN = {b: _F["boost_" + b] for b in BOOSTS}
+_VOLATILE_COLUMN = {v: _F["volatile_" + v] for v in VOLATILE_FLAGS}
+_KIND_COLUMN = tuple(_G["kind_" + name] for name in A.KIND_NAMES)
+_GEN_COLUMN = {g: _G[f"gen{g}"] for g in range(1, 10)}
+_TURN, _OWN_LEFT, _OPP_LEFT = _G["turn"], _G["own_left"], _G["opp_left"]
+_WEATHER_COLUMN = {w: _G["weather_" + w] for w in WEATHERS}
+_TERRAIN_COLUMN = {t: _G["terrain_" + t] for t in TERRAINS}
+_FIELD_COLUMN = {p: _G["field_" + p] for p in PSEUDO_WEATHERS}
+_CONDITION_COLUMN = {
+    prefix: {c: (_G[prefix + c], cap) for c, cap in SIDE_CONDITIONS} for prefix in ("own_", "opp_")
+}
+_GIMMICK_COLUMN = {
+    prefix: tuple((flag, _G[prefix + flag]) for flag in GIMMICK_FLAGS)
+    for prefix in ("own_", "opp_")
+}
+_UNKNOWN_TOKENS = (UNKNOWN,) * N_TOKEN_FIELDS
+_NORMALISED: dict[str, str] = {}
+
+
+def _normalised(name: str) -> str:
+    key = _NORMALISED.get(name)
+    if key is None:
+        key = _NORMALISED[name] = normalise(name)
+    return key
+
+
 def _mon_features(row: np.ndarray, mon: PokemonState, own: bool, choice_locked: bool) -> None:
-    row[_F["present"]] = 1.0
-    row[_F["revealed"]] = float(mon.revealed)
-    row[_F["own"]] = float(own)
-    row[_F["active"]] = float(mon.active)
-    row[_F["fainted"]] = float(mon.fainted)
-    row[_F["hp"]] = mon.hp
-    row[_F["level"]] = mon.level / 100.0
-    if mon.status in STATUSES:
-        row[_F["status_" + mon.status]] = 1.0
+    """Write one Pokémon's features into a zeroed row."""
+    row[_PRESENT] = 1.0
+    if mon.revealed:
+        row[_REVEALED] = 1.0
+    if own:
+        row[_OWN] = 1.0
+    if mon.active:
+        row[_ACTIVE] = 1.0
+    if mon.fainted:
+        row[_FAINTED] = 1.0
+    row[_HP] = mon.hp
+    row[_LEVEL] = mon.level / 100.0
+    column = _STATUS_COLUMN.get(mon.status)
+    if column is not None:
+        row[column] = 1.0
     for stat, value in mon.boosts.items():
-        key = "boost_" + stat
-        if key in _F:
-            row[_F[key]] = value / 6.0
-    row[_F["terastallized"]] = float(mon.terastallized)
+        column = _BOOST_COLUMN.get(stat)
+        if column is not None:
+            row[column] = value / 6.0
+    if mon.terastallized:
+        row[_TERA] = 1.0
     for volatile in mon.volatiles:
-        key = "volatile_" + volatile
-        if key in _F:
-            row[_F[key]] = 1.0
-    row[_F["choice_locked"]] = float(choice_locked)
+        column = _VOLATILE_COLUMN.get(volatile)
+        if column is not None:
+            row[column] = 1.0
+    if choice_locked:
+        row[_LOCKED] = 1.0
+
+
+def _own_moves(dex: _Lookups, member) -> tuple[int, ...]:
+    moves = member.moves
+    return tuple(dex.move_index(moves[s]) if s < len(moves) else UNKNOWN for s in range(A.N_MOVES))
+
+
+def _own_row(
+    tokens: np.ndarray,
+    features: np.ndarray,
+    dex: _Lookups,
+    member,
+    moves: tuple[int, ...],
+    live: PokemonState | None,
+) -> None:
+    """Row of an own team member the hindsight lists; `tokens`/`features` rows are zeroed."""
+    if live is None:
+        tokens[:] = (
+            dex.species_index(member.species),
+            _index(dex.ability_index, member.ability),
+            _index(dex.item_index, member.item),
+            *moves,
+            _index(dex.type_index, member.tera_type),
+        )
+        features[_PRESENT] = 1.0
+        features[_OWN] = 1.0
+        features[_HP] = 1.0
+        return
+    item = live.item if live.item is not None else member.item
+    tokens[:] = (
+        dex.species_index(live.forme),
+        _index(dex.ability_index, live.ability or member.ability),
+        _index(dex.item_index, item),
+        *moves,
+        _index(dex.type_index, live.tera_type or member.tera_type),
+    )
+    locked = bool(
+        member.item and member.item.startswith("Choice ") and live.active and live.last_move
+    )
+    _mon_features(features, live, True, locked)
+
+
+def _unknown_row(tokens: np.ndarray, features: np.ndarray, own: bool) -> None:
+    """A team member the log never shows: exists, nothing known."""
+    tokens[:] = _UNKNOWN_TOKENS
+    features[_PRESENT] = 1.0
+    if own:
+        features[_OWN] = 1.0
+    else:
+        features[_HP] = 1.0
+
+
+def _opponent_row(
+    tokens: np.ndarray, features: np.ndarray, dex: _Lookups, mon: PokemonState
+) -> None:
+    moves = mon.moves
+    n_moves = len(moves)
+    tokens[:] = (
+        dex.species_index(mon.forme),
+        _index(dex.ability_index, mon.ability),
+        _index(dex.item_index, mon.item),
+        dex.move_index(moves[0]) if n_moves > 0 else UNKNOWN,
+        dex.move_index(moves[1]) if n_moves > 1 else UNKNOWN,
+        dex.move_index(moves[2]) if n_moves > 2 else UNKNOWN,
+        dex.move_index(moves[3]) if n_moves > 3 else UNKNOWN,
+        dex.type_index(mon.tera_type) if mon.terastallized and mon.tera_type else UNKNOWN,
+    )
+    _mon_features(features, mon, False, False)
+
+
+def _globals(state: BattleState, own_side, opp_side, own_team_size: int, kind: int) -> np.ndarray:
+    glob = np.zeros(N_GLOBAL_FEATURES, dtype=np.float32)
+    glob[_KIND_COLUMN[kind]] = 1.0
+    column = _GEN_COLUMN.get(state.gen)
+    if column is not None:
+        glob[column] = 1.0
+    glob[_TURN] = state.turn / 100.0
+    field = state.field
+    if field.weather:
+        column = _WEATHER_COLUMN.get(_normalised(field.weather))
+        if column is not None:
+            glob[column] = 1.0
+    if field.terrain:
+        column = _TERRAIN_COLUMN.get(_normalised(field.terrain))
+        if column is not None:
+            glob[column] = 1.0
+    for pseudo in field.pseudo_weather:
+        column = _FIELD_COLUMN.get(pseudo)
+        if column is not None:
+            glob[column] = 1.0
+    for prefix, side_state in (("own_", own_side), ("opp_", opp_side)):
+        if side_state.conditions:
+            columns = _CONDITION_COLUMN[prefix]
+            for condition, layers in side_state.conditions.items():
+                entry = columns.get(condition)
+                if entry is not None:
+                    glob[entry[0]] = min(layers, entry[1]) / entry[1]
+        for flag, column in _GIMMICK_COLUMN[prefix]:
+            if getattr(side_state, flag):
+                glob[column] = 1.0
+    own_fainted = sum(1 for m in own_side.pokemon if m.fainted)
+    opp_fainted = sum(1 for m in opp_side.pokemon if m.fainted)
+    glob[_OWN_LEFT] = (own_team_size - own_fainted) / A.N_TEAM
+    glob[_OPP_LEFT] = (opp_side.team_size - opp_fainted) / A.N_TEAM
+    return glob
 
 
 def encode(state: BattleState, side: str, hindsight, kind: int = A.TURN) -> dict[str, np.ndarray]:
-    """Arrays for `side`'s view of `state`; `hindsight` is parse.Hindsight (own team knowledge)."""
+    """Arrays for `side`'s view of `state`; `hindsight` is parse.Hindsight (own team knowledge).
+
+    Builds every row from scratch; `IncrementalEncoder` gives the same arrays faster when called
+    decision after decision on one battle.
+    """
     dex = _lookups()
     other = "p2" if side == "p1" else "p1"
     tokens = np.zeros((N_ENTITIES, N_TOKEN_FIELDS), dtype=np.int32)
     features = np.zeros((N_ENTITIES, N_MON_FEATURES), dtype=np.float32)
-    glob = np.zeros(N_GLOBAL_FEATURES, dtype=np.float32)
 
     own_side, opp_side = state.sides[side], state.sides[other]
     members = hindsight.team[side]
-    team_size = min(hindsight.team_size[side], A.N_TEAM)
-    for row in range(team_size):
+    for row in range(min(hindsight.team_size[side], A.N_TEAM)):
         if row >= len(members):
-            tokens[row, :] = UNKNOWN  # a member the log never shows: exists, nothing known
-            features[row, _F["present"]] = 1.0
-            features[row, _F["own"]] = 1.0
+            _unknown_row(tokens[row], features[row], own=True)
             continue
         member = members[row]
         live = own_side.find(member.name) if member.name else None
-        tokens[row, 0] = dex.species_index(live.forme if live is not None else member.species)
-        ability = live.ability if live is not None and live.ability else member.ability
-        tokens[row, 1] = _index(dex.ability_index, ability)
-        item = live.item if live is not None and live.item is not None else member.item
-        tokens[row, 2] = _index(dex.item_index, item)
-        for slot in range(A.N_MOVES):
-            tokens[row, 3 + slot] = (
-                dex.move_index(member.moves[slot]) if slot < len(member.moves) else UNKNOWN
-            )
-        tera = (live.tera_type if live is not None and live.tera_type else None) or member.tera_type
-        tokens[row, 7] = _index(dex.type_index, tera)
-        if live is not None:
-            locked = bool(
-                member.item and member.item.startswith("Choice ") and live.active and live.last_move
-            )
-            _mon_features(features[row], live, own=True, choice_locked=locked)
-        else:
-            features[row, _F["present"]] = 1.0
-            features[row, _F["own"]] = 1.0
-            features[row, _F["hp"]] = 1.0
+        _own_row(tokens[row], features[row], dex, member, _own_moves(dex, member), live)
 
-    opp_revealed = [m for m in opp_side.pokemon][: A.N_TEAM]
+    opp_revealed = opp_side.pokemon[: A.N_TEAM]
     for offset, mon in enumerate(opp_revealed):
-        row = A.N_TEAM + offset
-        tokens[row, 0] = dex.species_index(mon.forme)
-        tokens[row, 1] = _index(dex.ability_index, mon.ability)
-        tokens[row, 2] = _index(dex.item_index, mon.item)
-        for slot in range(A.N_MOVES):
-            tokens[row, 3 + slot] = (
-                dex.move_index(mon.moves[slot]) if slot < len(mon.moves) else UNKNOWN
-            )
-        tokens[row, 7] = (
-            dex.type_index(mon.tera_type) if mon.terastallized and mon.tera_type else UNKNOWN
-        )
-        _mon_features(features[row], mon, own=False, choice_locked=False)
+        _opponent_row(tokens[A.N_TEAM + offset], features[A.N_TEAM + offset], dex, mon)
     for offset in range(len(opp_revealed), min(opp_side.team_size, A.N_TEAM)):
-        row = A.N_TEAM + offset
-        tokens[row, :] = UNKNOWN
-        features[row, _F["present"]] = 1.0
-        features[row, _F["hp"]] = 1.0
+        _unknown_row(tokens[A.N_TEAM + offset], features[A.N_TEAM + offset], own=False)
 
-    glob[_G["kind_" + A.KIND_NAMES[kind]]] = 1.0
-    if 1 <= state.gen <= 9:
-        glob[_G[f"gen{state.gen}"]] = 1.0
-    glob[_G["turn"]] = state.turn / 100.0
-    if state.field.weather and "weather_" + normalise(state.field.weather) in _G:
-        glob[_G["weather_" + normalise(state.field.weather)]] = 1.0
-    if state.field.terrain and "terrain_" + normalise(state.field.terrain) in _G:
-        glob[_G["terrain_" + normalise(state.field.terrain)]] = 1.0
-    for pseudo in state.field.pseudo_weather:
-        if "field_" + pseudo in _G:
-            glob[_G["field_" + pseudo]] = 1.0
-    for prefix, side_state in (("own_", own_side), ("opp_", opp_side)):
-        for condition, cap in SIDE_CONDITIONS:
-            glob[_G[prefix + condition]] = min(side_state.conditions.get(condition, 0), cap) / cap
-        for flag in GIMMICK_FLAGS:
-            glob[_G[prefix + flag]] = float(getattr(side_state, flag))
-    own_fainted = sum(1 for m in own_side.pokemon if m.fainted)
-    opp_fainted = sum(1 for m in opp_side.pokemon if m.fainted)
-    glob[_G["own_left"]] = (hindsight.team_size[side] - own_fainted) / A.N_TEAM
-    glob[_G["opp_left"]] = (opp_side.team_size - opp_fainted) / A.N_TEAM
+    glob = _globals(state, own_side, opp_side, hindsight.team_size[side], kind)
     return {"tokens": tokens, "features": features, "globals": glob}
+
+
+class IncrementalEncoder:
+    """`encode`, decision after decision on one battle: the same arrays, faster.
+
+    It keeps each side's arrays from its previous call and rebuilds only the rows whose Pokémon
+    changed since: `BattleState` bumps `PokemonState.version` for every Pokémon a message
+    touches and `SideState.version` when a side's list of Pokémon changes. So the state must be
+    updated only through `BattleState.apply` (as the parser and a live agent do). A new state or
+    a new hindsight object starts over; build a new `Hindsight` rather than editing one in place.
+
+    Live play: `encoder = IncrementalEncoder()` per battle, then `encoder(state, side,
+    hindsight, kind)` wherever `encode(state, side, hindsight, kind)` would be called.
+    """
+
+    def __init__(self) -> None:
+        self._sides: dict[str, _SideEncoder] = {}
+
+    def __call__(
+        self, state: BattleState, side: str, hindsight, kind: int = A.TURN
+    ) -> dict[str, np.ndarray]:
+        encoder = self._sides.get(side)
+        if encoder is None or encoder.state is not state or encoder.hindsight is not hindsight:
+            encoder = self._sides[side] = _SideEncoder(state, side, hindsight)
+        return encoder.encode(kind)
+
+
+class _SideEncoder:
+    """One side's view of one battle; rows cached by (Pokémon object, Pokémon version)."""
+
+    def __init__(self, state: BattleState, side: str, hindsight) -> None:
+        self.dex = _lookups()
+        self.state, self.side, self.hindsight = state, side, hindsight
+        other = "p2" if side == "p1" else "p1"
+        self.own_side, self.opp_side = state.sides[side], state.sides[other]
+        self.own_team_size = hindsight.team_size[side]
+        self.tokens = np.zeros((N_ENTITIES, N_TOKEN_FIELDS), dtype=np.int32)
+        self.features = np.zeros((N_ENTITIES, N_MON_FEATURES), dtype=np.float32)
+        members = hindsight.team[side]
+        # Own rows with a member: (row, member, move tokens); the rest never change.
+        self.members = []
+        for row in range(min(self.own_team_size, A.N_TEAM)):
+            if row >= len(members):
+                _unknown_row(self.tokens[row], self.features[row], own=True)
+            else:
+                member = members[row]
+                self.members.append((row, member, _own_moves(self.dex, member)))
+        self.own_list_version = -1
+        self.lives: list[PokemonState | None] = []
+        # Per row: the Pokémon the row shows (None: no Pokémon) and its version when written.
+        self.row_mon: list[object] = [_UNSET] * A.N_TEAM + [_PAD_ROW] * A.N_TEAM
+        self.row_version = [-1] * N_ENTITIES
+        self.opp_list_version = -1
+        self.opp_rows: list[tuple[int, PokemonState]] = []
+
+    def encode(self, kind: int) -> dict[str, np.ndarray]:
+        dex, tokens, features = self.dex, self.tokens, self.features
+        row_mon, row_version = self.row_mon, self.row_version
+        own_side, opp_side = self.own_side, self.opp_side
+        if own_side.version != self.own_list_version:
+            self.own_list_version = own_side.version
+            self.lives = [
+                own_side.find(member.name) if member.name else None for _, member, _ in self.members
+            ]
+        for (row, member, moves), live in zip(self.members, self.lives, strict=True):
+            if live is row_mon[row] and (live is None or live.version == row_version[row]):
+                continue
+            tokens[row] = 0
+            features[row] = 0.0
+            _own_row(tokens[row], features[row], dex, member, moves, live)
+            row_mon[row] = live
+            row_version[row] = live.version if live is not None else -1
+
+        if opp_side.version != self.opp_list_version:
+            self.opp_list_version = opp_side.version
+            revealed = opp_side.pokemon[: A.N_TEAM]
+            unknown = min(opp_side.team_size, A.N_TEAM)
+            for offset in range(len(revealed), A.N_TEAM):
+                row = A.N_TEAM + offset
+                marker = _UNKNOWN_ROW if offset < unknown else _PAD_ROW
+                if row_mon[row] is not marker:
+                    tokens[row] = 0
+                    features[row] = 0.0
+                    if marker is _UNKNOWN_ROW:
+                        _unknown_row(tokens[row], features[row], own=False)
+                    row_mon[row] = marker
+            self.opp_rows = [(A.N_TEAM + o, mon) for o, mon in enumerate(revealed)]
+        for row, mon in self.opp_rows:
+            if mon is row_mon[row] and mon.version == row_version[row]:
+                continue
+            tokens[row] = 0
+            features[row] = 0.0
+            _opponent_row(tokens[row], features[row], dex, mon)
+            row_mon[row] = mon
+            row_version[row] = mon.version
+
+        glob = _globals(self.state, own_side, opp_side, self.own_team_size, kind)
+        return {"tokens": tokens.copy(), "features": features.copy(), "globals": glob}
+
+
+# Row markers for rows that show no Pokémon object.
+_UNSET, _UNKNOWN_ROW, _PAD_ROW = object(), object(), object()

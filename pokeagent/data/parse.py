@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pokeagent.data.encode import IncrementalEncoder, encode
 from pokeagent.data.replay import Replay
 from pokeagent.data.teams import with_known_teams
 from pokeagent.showdown import actions as A
@@ -209,6 +210,9 @@ class _Reconstruction:
         self.gen = gen
         self.banned_gimmicks = banned_gimmicks
         self.dex = Dex.load()
+        if encoder is encode:
+            # The same arrays, rebuilding only what changed since the side's previous decision.
+            encoder = IncrementalEncoder()
         self.encoder = encoder
         self.state = BattleState()
         self.decisions: dict[str, list[Decision]] = {s: [] for s in SIDES}

@@ -222,6 +222,9 @@ class PokemonState:
     encored_move: str | None = None
     temporary_forme: str | None = None
     """A `-formechange` forme (Aegislash-Blade, Minior-Meteor...) until it switches out."""
+    version: int = field(default=0, compare=False, repr=False)
+    """Bumped by `BattleState.apply` whenever a message may have changed this Pokémon (what
+    `IncrementalEncoder` re-encodes)."""
 
     @property
     def forme(self) -> str:
@@ -255,6 +258,8 @@ class SideState:
     used_mega: bool = False
     used_zmove: bool = False
     used_dynamax: bool = False
+    version: int = field(default=0, compare=False, repr=False)
+    """Bumped whenever `pokemon`, a Pokémon's name or `team_size` may have changed."""
 
     def find(self, name: str) -> PokemonState | None:
         for mon in self.pokemon:
@@ -311,6 +316,8 @@ class BattleState:
             and side.active.name == ref.name
         ):
             mon = side.active
+        if mon is not None:
+            mon.version += 1  # looked up to be changed, as a rule: see PokemonState.version
         return mon
 
     def _switch_in(self, msg: Message) -> None:
@@ -336,6 +343,8 @@ class BattleState:
                 side=ref.side, species=details.species, start_species=details.species, name=ref.name
             )
             side.pokemon.append(mon)
+        side.version += 1
+        mon.version += 1
         mon.revealed = True
         mon.level, mon.gender = details.level, details.gender
         mon.species = details.species
@@ -343,6 +352,7 @@ class BattleState:
             mon.tera_type = details.tera_type
         if side.active is not None and side.active is not mon:
             side.active.reset_on_switch_out()
+            side.active.version += 1
         side.active = mon
         mon.active = True
         hp, fainted, status = parse_hp_status(msg.arg(2))
@@ -369,6 +379,7 @@ class BattleState:
         side = self.sides.get(msg.arg(0))
         if side is not None and msg.arg(1).isdigit():
             side.team_size = int(msg.arg(1))
+            side.version += 1
 
     def _gen(self, msg: Message) -> None:
         if msg.arg(0).isdigit():
@@ -390,10 +401,12 @@ class BattleState:
         if msg.arg(2) == "item":
             mon.item = None  # "has an item" only
         side.pokemon.append(mon)
+        side.version += 1
 
     def _clearpoke(self, msg: Message) -> None:
         for side in self.sides.values():
             side.pokemon = [m for m in side.pokemon if m.name is not None]
+            side.version += 1
 
     def _teampreview(self, msg: Message) -> None:
         self.team_preview = True
@@ -503,6 +516,7 @@ class BattleState:
         if ref is not None and ref.side in self.sides:
             for mon in self.sides[ref.side].pokemon:
                 mon.status = None
+                mon.version += 1
 
     def _boost(self, msg: Message, sign: int = 1) -> None:
         mon = self.mon(msg.arg(0))
@@ -537,6 +551,7 @@ class BattleState:
         for side in self.sides.values():
             if side.active is not None:
                 side.active.boosts.clear()
+                side.active.version += 1
 
     def _clearnegativeboost(self, msg: Message) -> None:
         mon = self.mon(msg.arg(0))
