@@ -27,6 +27,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -295,6 +296,26 @@ def _generate_on_server(cfg: GenerateConfig, package: Path, progress: bool) -> G
                 writer.write(record)
             bar.update(1)
     return writer.close(played.seconds)
+
+
+def rerun_server_battles(
+    logs_dir: Path, battle_tags: list[str], package: Path
+) -> Iterator[tuple[str, dict]]:
+    """(tag, record) for battles a local server played (their `.log.json` under `logs_dir`),
+    re-run through the simulator: spectator log, team sheets and ground truth, as `generate`
+    writes them. A battle whose server log never appeared is left out."""
+    tags, items = [], []
+    for tag in battle_tags:
+        server_log = _find_server_log(logs_dir, tag)
+        if server_log is not None:
+            tags.append(tag)
+            items.append(
+                {
+                    "id": battle_id(server_log["format"], server_log["seed"]),
+                    "input_log": server_log["inputLog"],
+                }
+            )
+    yield from zip(tags, simtool.replay_input_logs(package, items), strict=True)
 
 
 def _find_server_log(logs_dir: Path, battle_tag: str, wait_s: float = 15.0) -> dict | None:
