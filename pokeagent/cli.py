@@ -441,9 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
 
     val = verbs.add_parser(
-        "validate", help="pre-flight checks: torch, CUDA, NCCL, DeepSpeed, data, disk, nodes, config"
+        "validate",
+        help="pre-flight checks: torch, CUDA, NCCL, DeepSpeed, data, disk, nodes, config",
     )
-    val.add_argument("--comprehensive", action="store_true", help="read every shard, run a collective, build the ops")
+    val.add_argument(
+        "--comprehensive",
+        action="store_true",
+        help="read every shard, run a collective, build the ops",
+    )
     val.add_argument("--data-dir", default="shards")
     val.add_argument("--run-dir", default="runs", help="where checkpoints go (disk space)")
     val.add_argument("--model", default="large")
@@ -454,7 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--nodes", type=int, default=1)
     val.add_argument("--gpus-per-node", type=int, default=1)
     val.add_argument("--hosts", default=None, help="hosts to reach (default: the SLURM allocation)")
-    val.add_argument("--needs-showdown", action="store_true", help="fail without Showdown (mock data, battles)")
+    val.add_argument(
+        "--needs-showdown", action="store_true", help="fail without Showdown (mock data, battles)"
+    )
     val.set_defaults(func=_validate)
 
     demo = verbs.add_parser(
