@@ -9,6 +9,7 @@ token.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -36,6 +37,7 @@ class FakeHub:
         self.repos: dict[str, dict] = {}
         self.requests: list[tuple[str, str, str | None]] = []
         self.drop_after: dict[str, int] = {}  # sha256 -> bytes sent before the connection drops
+        self.busy_once: set[str] = set()  # sha256s answered once with 503 (a busy server)
         self.token: str | None = None  # when set, API and resolve calls need it
         self.page_size = 3  # tree entries per page: the client must follow Link headers
         self.blobs: dict[str, bytes] = {}
@@ -239,6 +241,11 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
         body = data[start:end]
         with self.hub.lock:
+            busy = oid in self.hub.busy_once
+            self.hub.busy_once.discard(oid)
+        if busy:
+            return self._send(503, b"busy", head=head)
+        with self.hub.lock:
             cut = self.hub.drop_after.pop(oid, None) if not rng else None
         if cut is None:
             return self._send(status, body, headers, head)
@@ -266,6 +273,7 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(hubmod, "RETRY_WAIT_S", 0.01)
     yield hub
     server.shutdown()
     server.server_close()
@@ -443,6 +451,8 @@ def test_dropped_connection_resumes_and_a_rerun_fetches_nothing(metamon, tmp_pat
     oid = hashlib.sha256(files[target]).hexdigest()
     cut = len(files[target]) // 3
     hub.drop_after[oid] = cut
+    busy = hashlib.sha256(files["data/train-00002-of-00003.parquet"]).hexdigest()
+    hub.busy_once.add(busy)  # a 503 is waited out, not fatal
     cfg = DownloadConfig(dataset="metamon-raw", out=tmp_path / "out", workers=2)
     first = download(cfg, progress=False)
     assert first.games == 24 and first.files["downloaded"] == 3
@@ -451,6 +461,7 @@ def test_dropped_connection_resumes_and_a_rerun_fetches_nothing(metamon, tmp_pat
 
     # The dropped file continued from the bytes it had, not from zero.
     assert [rng for rng in hub.ranges() if rng] == [f"bytes={cut}-"]
+    assert not hub.busy_once and hub.count("cdn") == 3 + 2  # one resumed, one retried
     blob = Path(
         tmp_path
         / "hf-home"
@@ -574,8 +585,17 @@ def test_no_network_and_full_disk_are_clear(metamon, tmp_path, monkeypatch):
     class Usage:
         free = 10_000
 
+    disk_usage = hubmod.shutil.disk_usage
     monkeypatch.setattr(hubmod.shutil, "disk_usage", lambda path: Usage)
     with pytest.raises(HubError, match=r"not enough disk space .* --cache-dir"):
+        download(DownloadConfig(dataset="metamon-raw", out=tmp_path / "out"), progress=False)
+    monkeypatch.setattr(hubmod.shutil, "disk_usage", disk_usage)
+
+    def full(self, table):  # the disk fills up while the output is written
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.folder / "x.parquet"))
+
+    monkeypatch.setattr(hubmod._Writer, "write", full)
+    with pytest.raises(HubError, match=r"disk is full .*x\.parquet.* run the same command again"):
         download(DownloadConfig(dataset="metamon-raw", out=tmp_path / "out"), progress=False)
 
 

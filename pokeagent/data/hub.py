@@ -86,6 +86,10 @@ FOOTER_PROBE = 64 * 1024
 """Bytes read from the end of a parquet file to find its footer (one more request if bigger)."""
 CHUNK = 1 << 22
 """Bytes per read when hashing a file."""
+RETRY_WAIT_S = 1.0
+"""First wait before resuming a broken download; doubled after each failure in a row."""
+RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
+"""HTTP answers worth waiting out (rate limits, a busy or restarting server)."""
 DISK_MARGIN = 1 << 30
 """Free space kept in reserve on the cache disk beyond what the downloads need."""
 
@@ -624,17 +628,18 @@ class _Hub:
                             failures = 0
                             with self.lock:
                                 progress.update(len(chunk))
-            except httpx2.TransportError as err:
+            except (httpx2.TransportError, HfHubHTTPError) as err:
+                status = getattr(getattr(err, "response", None), "status_code", None)
+                if isinstance(err, HfHubHTTPError) and status not in RETRY_STATUSES:
+                    raise HubError(f"downloading {self.repo_id}:{file.path}: {err}") from None
                 failures += 1
                 if failures > self.cfg.retries:
                     raise HubError(
                         f"download of {self.repo_id}:{file.path} broke off at {have:,} of "
-                        f"{file.size:,} bytes ({type(err).__name__}: {err}); run the same command "
-                        "again to continue from there"
+                        f"{file.size:,} bytes ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                        "run the same command again to continue from there"
                     ) from None
-                time.sleep(min(2.0 ** (failures - 1), 30.0) * 0.1)
-            except HfHubHTTPError as err:
-                raise HubError(f"downloading {self.repo_id}:{file.path}: {err}") from None
+                time.sleep(min(RETRY_WAIT_S * 2 ** (failures - 1), 60.0))
         if have != file.size or _digest(part, file) != file.key:
             part.unlink()
             raise HubError(
@@ -810,6 +815,7 @@ def _run(
     """Download in parallel, filter in path order, write shards; stop early at max_games."""
     folder = cfg.out / REPLAYS_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    (cfg.out / SUMMARY_FILE).unlink(missing_ok=True)  # written again when this run completes
     stem = cfg.dataset
     for stale in folder.glob(f"{stem}-*.parquet*"):  # an earlier run's outputs: rewritten below
         stale.unlink()
