@@ -4,6 +4,8 @@ pokeagent showdown install|start|stop|status|teams
 pokeagent generate --format gen9randombattle --battles 200 --players heuristic,maxpower --out DIR
 pokeagent download --dataset metamon-raw --formats gen1ou --min-rating 1300 --out DIR
 pokeagent eval offline --checkpoint RUN_DIR --shards SHARDS_DIR
+pokeagent eval battles --checkpoint RUN_DIR --opponents random,maxpower,heuristic --battles 200
+pokeagent status RUN_DIR
 pokeagent demo
 """
 
@@ -271,7 +273,34 @@ def _eval(args: argparse.Namespace) -> int:
         )
         print(f"-> {metrics['out']}/offline.json, {metrics['out']}/offline.md")
         return 0
+    if args.action == "battles":
+        from pokeagent.eval.battles import BattleEvalConfig, evaluate_battles
+        from pokeagent.eval.report import markdown
+
+        report = evaluate_battles(
+            BattleEvalConfig(
+                checkpoint=args.checkpoint,
+                format=args.format,
+                opponents=tuple(o.strip() for o in args.opponents.split(",") if o.strip()),
+                battles=args.battles,
+                concurrency=args.concurrency,
+                temperature=args.temperature,
+                seed=args.seed,
+                out=args.out,
+                device=args.device,
+            )
+        )
+        print(markdown(report))
+        print(f"-> {report['out']}/battles.json, report.md, battles.png")
+        return 0
     raise AssertionError(args.action)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pokeagent.eval.status import run_status
+
+    print(run_status(Path(args.run_dir)))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -438,6 +467,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p = ev_actions.add_parser(
+        "battles",
+        help="play poke-env's baselines on a local server: win rates, ratings, report",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint folder, run directory or model.safetensors",
+    )
+    p.add_argument("--format", default="gen9randombattle")
+    p.add_argument(
+        "--opponents", default="random,maxpower,heuristic", help="comma-separated baselines"
+    )
+    p.add_argument("--battles", type=int, default=100, help="games against each opponent")
+    p.add_argument("--concurrency", type=int, default=4, help="games at once")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="default: <run dir>/eval/battles-step<N>")
+    p.add_argument("--device", default="cpu")
     ev.set_defaults(func=_eval)
 
     val = verbs.add_parser(
@@ -463,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--needs-showdown", action="store_true", help="fail without Showdown (mock data, battles)"
     )
     val.set_defaults(func=_validate)
+
+    st = verbs.add_parser(
+        "status", help="a training run: step, checkpoints, validation, battles, time left"
+    )
+    st.add_argument("run_dir", help="the run directory (--run-dir of `pokeagent train`)")
+    st.set_defaults(func=_status)
 
     demo = verbs.add_parser(
         "demo", help="the CPU demo: the pipeline end to end, as far as it exists"

@@ -106,14 +106,25 @@ def mock_shards(run_dir: Path, battles: int = 60, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.test_mode:
         for key, value in TEST_MODE.items():
             if getattr(args, key) is None:
                 setattr(args, key, value)
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as error:  # an invalid option: refused before anything starts
+        parser.error(str(error))
     if args.mock_data and not args.dry_run:
         cfg.data_dir = str(mock_shards(Path(cfg.run_dir), seed=cfg.seed))
+    if cfg.eval_every and not args.dry_run:
+        from pokeagent.eval.offline import shard_paths
+
+        try:
+            shard_paths(cfg.data_dir, "val")
+        except FileNotFoundError as error:
+            parser.error(f"--eval-every reads the validation shards: {error}")
     if args.dry_run:
         from deepspeed.accelerator import get_accelerator
 

@@ -53,12 +53,29 @@ class TrainConfig:
     """How long before the time limit to stop (a checkpoint must fit in it)."""
     log_every: int = 10
     """Optimizer steps between console and TensorBoard logs."""
+    eval_every: int = 0
+    """Validate every this many optimizer steps and at the last one (0: never): the `val-*.tar`
+    of data_dir, through `pokeagent eval offline`'s code; the best checkpoint is kept."""
+    eval_samples: int = 256
+    """Validation trajectories: the first N of the sorted val shards, the same every time."""
+    eval_battles: int = 0
+    """After each validation, battles per opponent (random, maxpower, heuristic) played by a
+    separate `pokeagent eval battles` process (0: none; needs --eval-every)."""
 
     def __post_init__(self):
         if self.batch_size_per_gpu < 1 or self.grad_accum < 1 or self.max_steps < 1:
             raise ValueError("batch_size_per_gpu, grad_accum and max_steps must be >= 1")
         if self.keep_last < 1:
             raise ValueError("keep_last must be >= 1")
+        for option, value, least in (
+            ("eval_every", self.eval_every, 0),
+            ("eval_samples", self.eval_samples, 1),
+            ("eval_battles", self.eval_battles, 0),
+        ):
+            if value < least:
+                raise ValueError(f"--{option.replace('_', '-')} must be >= {least} (got {value})")
+        if self.eval_battles and not self.eval_every:
+            raise ValueError("--eval-battles needs --eval-every (battles follow each validation)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -94,6 +94,11 @@ class StepRecord:
 class Trainer:
     """Builds the engine, the loader and the run directory; `run()` trains until done or stopped."""
 
+    validation = None
+    """--eval-every: the fixed validation subset and best loss (train/validation.py), from run()."""
+    battles = None
+    """--eval-battles, rank 0: the battle processes (train/validation.py), from run()."""
+
     def __init__(self, cfg: TrainConfig):
         import deepspeed
         import torch.distributed as dist
@@ -124,6 +129,9 @@ class Trainer:
             grad_clip=cfg.grad_clip,
             fp16_supported=accelerator.is_fp16_supported(),
         )
+        self.saved_world: int | None = None
+        """Ranks that saved the checkpoint to resume, when that differs from this run's."""
+        self._prepare_resume_elsewhere()
         net = PokeAgentNet(preset(cfg.model, max_window=max(cfg.window, 16)), schema()["vocab"])
         self.parameters = count_parameters(net)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
@@ -213,9 +221,17 @@ class Trainer:
         )
 
     def _prune(self) -> None:
+        from pokeagent.train.validation import BEST, read_pointer
+
+        # The best checkpoint by validation loss, and those a battle process may still be reading,
+        # stay outside the keep-last rotation.
+        exempt = {read_pointer(self.ckpt_dir, BEST)}
+        if self.battles is not None:
+            exempt |= self.battles.protected()
         tags = sorted(p.name for p in self.ckpt_dir.glob("step*") if p.is_dir())
         for old in tags[: -self.cfg.keep_last]:
-            shutil.rmtree(self.ckpt_dir / old, ignore_errors=True)
+            if old not in exempt:
+                shutil.rmtree(self.ckpt_dir / old, ignore_errors=True)
 
     def try_resume(self) -> bool:
         """Continue from the latest checkpoint of the run directory, if there is one."""
@@ -227,13 +243,131 @@ class Trainer:
                 f"{self.ckpt_dir}: `latest` names a checkpoint DeepSpeed cannot load"
             )
         tag = (self.ckpt_dir / "latest").read_text().strip()
+        if self.saved_world is not None:
+            self._resume_resplit(tag)
+            return True
         own = torch.load(self._rank_file(tag), weights_only=False)
+        if own["loader"]["workers"] != max(1, self.cfg.workers_per_gpu):
+            self._resume_resplit(tag)  # same ranks, another --workers-per-gpu
+            return True
         self.loader.load_state_dict(own["loader"])
         torch.set_rng_state(own["torch_rng"])
         self.samples_seen = own["samples_seen"]
         self.decisions_seen = own["decisions_seen"]
         self.resumed_from = own["step"]
         return True
+
+    # ------------------------------------------------------------------ resume on another world size
+    def _prepare_resume_elsewhere(self) -> None:
+        """Before the engine exists: if `latest` was saved by another number of ranks, convert it
+        to a DeepSpeed universal checkpoint (rank 0; the others wait) and have the engine load
+        that (`"checkpoint": {"load_universal": true}`). ZeRO shards of one data-parallel size do
+        not load into another; a universal checkpoint holds every parameter's fp32 weights and
+        Adam moments whole. Without ZeRO the optimizer state is not sharded and loads as is."""
+        latest = self.ckpt_dir / "latest"
+        if not latest.exists():
+            return
+        tag = latest.read_text().strip()
+        saved = len(list((self.ckpt_dir / tag).glob("rank*.pt")))
+        if saved in (0, self.world):
+            return
+        self.saved_world = saved
+        if self.ds_config.get("zero_optimization", {}).get("stage", 0) == 0:
+            return
+        universal = f"universal-{tag}"
+        if self.rank == 0:
+            print(
+                f"{self.ckpt_dir / tag} was saved by {saved} ranks, this run has {self.world}: "
+                f"converting it to a universal checkpoint ({universal})",
+                flush=True,
+            )
+            if not (self.ckpt_dir / universal).is_dir():
+                self._convert_to_universal(tag, universal)
+            (self.ckpt_dir / "latest_universal").write_text(universal)
+        self.dist.barrier()
+        self.ds_config["checkpoint"] = {"load_universal": True}
+
+    def _convert_to_universal(self, tag: str, universal: str) -> None:
+        """deepspeed.checkpoint.ds_to_universal in its own process (it forks extraction workers,
+        which a process holding a process group should not), into a temporary folder renamed
+        when complete, so that an interrupted conversion is redone rather than half-loaded."""
+        import subprocess
+        import sys
+
+        partial = self.ckpt_dir / f"{universal}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        workers = str(max(1, min(4, (os.cpu_count() or 2) // 2)))
+        command = [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(self.ckpt_dir / tag),
+            "--output_folder",
+            str(partial),
+            "--num_extract_workers",
+            workers,
+            "--num_merge_workers",
+            workers,
+            "--inject_missing_state",  # our module states no universal-checkpoint info of its own
+        ]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(
+                f"converting {self.ckpt_dir / tag} to a universal checkpoint failed "
+                f"({' '.join(command)}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
+        partial.rename(self.ckpt_dir / universal)
+
+    def _resume_resplit(self, tag: str) -> None:
+        """Counters, loader and RNG when the saving run had another world size or worker count.
+
+        The loader continues from a fresh assignment (data/loader.py `resplit_state`: epoch + 1 of
+        the furthest old worker). Kept: the step (the engine's), samples seen (a global count),
+        the decisions seen (their sum over the old ranks, carried by rank 0) and the position of
+        the learning-rate schedule, whose peak is re-derived for the new global batch by the
+        square-root rule. Dropout's RNG is seeded from (seed, step, rank)."""
+        import numpy as np
+
+        from pokeagent.data.loader import resplit_state
+
+        states = [
+            torch.load(path, weights_only=False)
+            for path in sorted((self.ckpt_dir / tag).glob("rank*.pt"))
+        ]
+        step = states[0]["step"]
+        self.loader.load_state_dict(
+            resplit_state(
+                [s["loader"] for s in states],
+                self.rank,
+                self.world,
+                self.cfg.workers_per_gpu,
+                self.cfg.seed,
+            )
+        )
+        seed = np.random.SeedSequence([self.cfg.seed, step, self.rank]).generate_state(1)[0]
+        torch.manual_seed(int(seed))
+        self.samples_seen = states[0]["samples_seen"]
+        self.decisions_seen = sum(s["decisions_seen"] for s in states) if self.rank == 0 else 0
+        self.resumed_from = step
+        factor = lr_lambda(self.cfg)(self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [self.peak_lr for _ in self.scheduler.base_lrs]
+        for group in self.scheduler.optimizer.param_groups:
+            group["lr"] = self.peak_lr * factor
+        self.scheduler._last_lr = [self.peak_lr * factor for _ in self.scheduler.base_lrs]
+        if self.rank == 0:
+            print(
+                f"resumed {len(states)} ranks' checkpoint {tag} on {self.world}: loader re-split "
+                f"(fresh epoch), peak lr {self.peak_lr:.3g} for global batch "
+                f"{self.cfg.batch_size_per_gpu * self.cfg.grad_accum * self.world}",
+                flush=True,
+            )
+        universal = self.ckpt_dir / f"universal-{tag}"
+        self.dist.barrier()
+        if self.rank == 0 and universal.is_dir():
+            # Loaded by every rank: until the next save, a restart converts `latest` again.
+            shutil.rmtree(universal, ignore_errors=True)
+            (self.ckpt_dir / "latest_universal").unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ the loop
     def _on_signal(self, signum, _frame) -> None:
@@ -286,6 +420,101 @@ class Trainer:
             flush=True,
         )
 
+    # ------------------------------------------------------------------ validation
+    def _writer(self):
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        return self.writer
+
+    def _setup_validation(self) -> None:
+        """--eval-every: every rank reads the fixed subset once; rank 0 recovers the best loss of
+        a resumed run and, with --eval-battles, watches the battle processes."""
+        cfg = self.cfg
+        if not cfg.eval_every:
+            return
+        from pokeagent.train.validation import Battles, Validation
+
+        self.validation = Validation(
+            cfg.data_dir, cfg.eval_samples, cfg.window, cfg.batch_size_per_gpu, cfg.value_weight
+        )
+        self.validation.recover_best(self.run_dir, self.ckpt_dir)
+        if self.rank == 0 and cfg.eval_battles:
+            self.battles = Battles(cfg.eval_battles)
+
+    def _validate(self, step: int) -> bool:
+        """Validation at `step`. Every rank evaluates the same subset: ZeRO-3's forward needs them
+        all, and at lower stages they would only wait for rank 0. Rank 0 writes `val/` scalars and
+        a `"val": true` record in metrics.jsonl; returns whether the loss is the best so far (rank
+        0's verdict is the one used)."""
+        from pokeagent.eval.offline import scalars
+        from pokeagent.train.validation import record
+
+        started = time.monotonic()
+        metrics = self.validation.evaluate(self.engine.module.net, self.device)
+        loss = metrics["overall"].get("loss", math.inf)
+        best = loss < self.validation.best_loss
+        if best:
+            self.validation.best_loss = loss
+        if self.rank != 0:
+            return False
+        writer = self._writer()
+        for name, value in scalars(metrics, "val").items():
+            writer.add_scalar(name, value, step)
+        writer.flush()
+        row = record(step, metrics, time.monotonic() - started)
+        with open(self.run_dir / "metrics.jsonl", "a") as lines:
+            lines.write(json.dumps(row) + "\n")
+        print(
+            f"validation at step {step}: loss {loss:.4f} top1 {row['top1']:.3f} "
+            f"top3 {row['top3']:.3f} value {row['value_loss']:.4f} ({row['trajectories']} "
+            f"trajectories, {row['seconds']:.1f} s){' best so far' if best else ''}",
+            flush=True,
+        )
+        return best
+
+    def _after_validation_save(self, step: int, tag: str, best: bool) -> None:
+        """Rank 0, once the checkpoint of a validated step is saved: the `best` pointer (the
+        previous best returns to the rotation) and the battle process."""
+        from pokeagent.train.validation import BEST, write_pointer
+
+        if best:
+            write_pointer(self.ckpt_dir, BEST, tag)
+            self._prune()
+        if self.battles is not None:
+            self.battles.launch(
+                step, self.ckpt_dir / tag, self.run_dir / "eval" / f"battles-step{step}"
+            )
+
+    def _poll_battles(self) -> None:
+        """Rank 0: win rates of finished battle processes -> TensorBoard at the step they played."""
+        if self.battles is None:
+            return
+        for step, rates in self.battles.poll().items():
+            writer = self._writer()
+            for opponent, rate in rates.items():
+                writer.add_scalar(f"battles/vs_{opponent}", rate, step)
+            writer.flush()
+            with open(self.run_dir / "metrics.jsonl", "a") as lines:
+                lines.write(json.dumps({"battles": True, "step": step, "win_rates": rates}) + "\n")
+            shown = ", ".join(f"vs {name} {rate:.2f}" for name, rate in rates.items())
+            print(f"battles for step {step}: {shown}", flush=True)
+
+    def _write_job(self, deadline: float) -> None:
+        """Rank 0: `job.json`, when this job started and must stop (for `pokeagent status`)."""
+        if self.rank != 0:
+            return
+        now = time.time()
+        job = {
+            "started_at": now,
+            "stop_at": now + (deadline - time.monotonic()) if math.isfinite(deadline) else None,
+            "time_limit_hours": self.cfg.time_limit_hours,
+            "resumed_from": self.resumed_from,
+            "world_size": self.world,
+        }
+        (self.run_dir / "job.json").write_text(json.dumps(job, indent=2) + "\n")
+
     def run(self) -> list[StepRecord]:
         cfg = self.cfg
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -298,6 +527,8 @@ class Trainer:
         )
         window: dict[str, float] = {}
         waited = 0.0
+        self._write_job(deadline)
+        self._setup_validation()
         batches = iter(self.loader)
         while self.engine.global_steps < cfg.max_steps:
             for _ in range(cfg.grad_accum):
@@ -330,14 +561,27 @@ class Trainer:
                 now = time.monotonic()
                 self._log(step, window, now - interval_start, waited)
                 window, waited, interval_start = {}, 0.0, now
+                if self.rank == 0:
+                    self._poll_battles()
+            validated = best = False
+            if self.validation is not None and (
+                step % cfg.eval_every == 0 or step >= cfg.max_steps
+            ):
+                validated, best = True, self._validate(step)
             now = time.monotonic()
-            # Rank 0's clock decides; the all-reduce below makes every rank follow it.
-            due = self.rank == 0 and now - last_save >= cfg.checkpoint_minutes * 60
+            # Rank 0's clock decides; the all-reduce below makes every rank follow it. A new best
+            # validation loss, or battles to play, need a checkpoint of this step.
+            battles = self.battles is not None and not self.battles.unavailable
+            due = self.rank == 0 and (
+                now - last_save >= cfg.checkpoint_minutes * 60 or best or (validated and battles)
+            )
             stop = self.stop_requested or now >= deadline
             due, stop = self._agree(due, stop)
             if due or stop or step >= cfg.max_steps:
-                self.save()
+                tag = self.save()
                 last_save = time.monotonic()
+                if validated and self.rank == 0:
+                    self._after_validation_save(step, tag, best)
             if stop:
                 if self.rank == 0:
                     print(
@@ -345,6 +589,12 @@ class Trainer:
                         flush=True,
                     )
                 break
+        if self.rank == 0 and self.battles is not None:
+            self._poll_battles()
+            for running in self.battles.still_running():
+                print(
+                    f"battles still running: {running}; `pokeagent status` shows them", flush=True
+                )
         return self.history
 
     def close(self) -> None:

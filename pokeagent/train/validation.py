@@ -1,0 +1,202 @@
+"""Validation during training (`--eval-every`, `--eval-battles`): what the trainer calls.
+
+- `Validation` evaluates the network on a fixed subset of the validation shards (the first
+  `eval_samples` trajectories of the sorted `val-*.tar`, read once) with `pokeagent eval
+  offline`'s `evaluate`, so every figure is comparable with every other and with the CLI's. It
+  takes no random draws and does not touch the training loader; it restores the module's mode.
+- The best validation loss so far names a checkpoint in `checkpoints/best` (a tag, as `latest`);
+  that checkpoint is exempt from the keep-last rotation.
+- `Battles` runs `pokeagent eval battles` on a checkpoint in a child process (rank 0 only),
+  polls it, and reads its `battles.json`; a failure is reported, never raised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BEST = "best"
+OPPONENTS = ("random", "maxpower", "heuristic")
+
+
+def read_pointer(ckpt_dir: Path, name: str) -> str | None:
+    """The tag a pointer file (`latest`, `best`) names, or None."""
+    path = ckpt_dir / name
+    if not path.is_file():
+        return None
+    return path.read_text().strip() or None
+
+
+def write_pointer(ckpt_dir: Path, name: str, tag: str) -> None:
+    tmp = ckpt_dir / f".{name}.tmp"
+    tmp.write_text(tag)
+    os.replace(tmp, ckpt_dir / name)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of `metrics.jsonl` (a torn last line, from a killed run, is left out)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+class Validation:
+    """The fixed validation subset and the best loss seen so far (recovered on resume)."""
+
+    def __init__(self, data_dir: str, samples: int, window: int, batch_size: int, value_weight):
+        from pokeagent.eval.offline import read_trajectories, shard_paths
+
+        self.subset = list(read_trajectories(shard_paths(data_dir, "val"), samples))
+        self.window, self.batch_size, self.value_weight = window, batch_size, value_weight
+        self.best_loss = float("inf")
+
+    def recover_best(self, run_dir: Path, ckpt_dir: Path) -> None:
+        """On resume: the loss of the checkpoint `best` names, from its `val` record."""
+        tag = read_pointer(ckpt_dir, BEST)
+        if tag is None or not (ckpt_dir / tag).is_dir():
+            return
+        step = int(tag.removeprefix("step"))
+        losses = [r["loss"] for r in read_metrics(run_dir) if r.get("val") and r["step"] == step]
+        if losses:
+            self.best_loss = losses[-1]
+
+    def evaluate(self, net: nn.Module, device: torch.device) -> dict:
+        from pokeagent.eval.offline import evaluate
+
+        # evaluate() draws no random numbers; fork_rng makes sure of it for the CPU generator,
+        # which the training step's dropout reads.
+        with torch.random.fork_rng(devices=[]):
+            return evaluate(
+                net, self.subset, self.window, self.batch_size, self.value_weight, device
+            )
+
+
+def record(step: int, metrics: dict, seconds: float) -> dict:
+    """The `metrics.jsonl` line of a validation (`"val": true`; same names as a step's record)."""
+    overall = metrics["overall"]
+    return {
+        "val": True,
+        "step": step,
+        "loss": overall["loss"],
+        "policy_loss": overall["policy_loss"],
+        "value_loss": overall["value_log_loss"],
+        "top1": overall["top1"],
+        "top3": overall["top3"],
+        "value_brier": overall["value_brier"],
+        "trajectories": metrics["trajectories"],
+        "decisions": overall["decisions"],
+        "labelled": overall["labelled"],
+        "seconds": round(seconds, 3),
+    }
+
+
+def battles_unavailable() -> str | None:
+    """Why `pokeagent eval battles` cannot run here, or None."""
+    from pokeagent.showdown.install import is_installed
+
+    if shutil.which("node") is None:
+        return "node is not on PATH"
+    if not is_installed():
+        return "pokemon-showdown is not installed (`pokeagent showdown install`)"
+    return None
+
+
+@dataclass
+class _Pending:
+    process: subprocess.Popen
+    out: Path
+    tag: str
+
+
+class Battles:
+    """Rank 0's battle evaluations in child processes: launch, poll, read results."""
+
+    def __init__(self, battles: int):
+        self.battles = battles
+        self.pending: dict[int, _Pending] = {}
+        self.unavailable = battles_unavailable()
+        self.warned = False
+
+    def protected(self) -> set[str]:
+        """Checkpoints a running battle process may still read: not to be pruned."""
+        return {p.tag for p in self.pending.values()}
+
+    def launch(self, step: int, ckpt: Path, out: Path) -> None:
+        if self.unavailable:
+            if not self.warned:
+                print(f"--eval-battles: skipped, {self.unavailable}; training goes on", flush=True)
+                self.warned = True
+            return
+        command = [
+            sys.executable,
+            "-m",
+            "pokeagent",
+            "eval",
+            "battles",
+            "--checkpoint",
+            str(ckpt),
+            "--opponents",
+            ",".join(OPPONENTS),
+            "--battles",
+            str(self.battles),
+            "--out",
+            str(out),
+        ]
+        # Not a rank of this job, and off the GPUs that are training.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        }
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "battles.log", "w") as log:
+                process = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                )
+        except OSError as error:
+            print(f"--eval-battles: could not start for step {step}: {error}", flush=True)
+            return
+        self.pending[step] = _Pending(process, out, ckpt.name)
+        print(f"battles for step {step}: pid {process.pid}, -> {out}", flush=True)
+
+    def poll(self) -> dict[int, dict[str, float]]:
+        """Win rates by opponent of the processes that have finished, by the step they evaluated."""
+        done = {}
+        for step, pending in list(self.pending.items()):
+            code = pending.process.poll()
+            if code is None:
+                continue
+            del self.pending[step]
+            try:
+                results = json.loads((pending.out / "battles.json").read_text())
+                done[step] = {
+                    name: float(figures["win_rate"])
+                    for name, figures in results["opponents"].items()
+                }
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                print(
+                    f"battles for step {step} gave no results (exit {code}: {error}); "
+                    f"see {pending.out / 'battles.log'}",
+                    flush=True,
+                )
+        return done
+
+    def still_running(self) -> list[str]:
+        return [f"step {s} (pid {p.process.pid}, -> {p.out})" for s, p in self.pending.items()]

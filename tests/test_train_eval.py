@@ -1,0 +1,131 @@
+"""Validation during training (`--eval-every`): val/ scalars and records at the right steps, a
+`best` checkpoint that survives the keep-last rotation, training losses bitwise unchanged;
+`pokeagent status`; an invalid option refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import write_simulated_replays
+
+from pokeagent.data.pack import PackConfig, pack
+
+TRAIN = [sys.executable, "-m", "pokeagent.train"]
+
+
+@pytest.fixture(scope="module")
+def shards(showdown_package, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-eval")
+    write_simulated_replays(
+        showdown_package, root / "replays.jsonl", 24, 41, move_prob=0.8, tera_prob=0.2
+    )
+    pack(
+        PackConfig(
+            sources=[str(root / "replays.jsonl")],
+            out=root / "shards",
+            workers=1,
+            shard_size=100_000,
+            val_fraction=0.25,
+        ),
+        progress=False,
+    )
+    return root / "shards"
+
+
+def _env():
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", DEEPSPEED_TIMEOUT="2")
+    env.pop("RANK", None)
+    return env
+
+
+def _train(shards, run_dir, *extra: str) -> subprocess.CompletedProcess:
+    # --test-mode (tiny model, window 32, batch 8), shortened; a checkpoint at every step and
+    # keep-last 1, so that only the rotation's newest and the best one remain.
+    options = {
+        "run-dir": run_dir,
+        "data-dir": shards,
+        "max-steps": 6,
+        "log-every": 2,
+        "workers-per-gpu": 0,
+        "checkpoint-minutes": 0.0001,
+        "keep-last": 1,
+        "learning-rate": 0.01,
+        "seed": 5,
+    }
+    argv = [item for key, value in options.items() for item in (f"--{key}", str(value))]
+    return subprocess.run(
+        [*TRAIN, "--test-mode", *argv, *extra],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _records(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_eval_every_validates_keeps_best_and_leaves_training_unchanged(shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    plain = _train(shards, tmp_path / "plain")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    run_dir = tmp_path / "eval"
+    run = _train(shards, run_dir, "--eval-every", "2", "--eval-samples", "8")
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    records = _records(run_dir)
+    steps = [r for r in records if not r.get("val")]
+    # Bitwise: validation takes no random draws and never touches the training loader.
+    assert steps == _records(tmp_path / "plain")
+    vals = [r for r in records if r.get("val")]
+    assert [r["step"] for r in vals] == [2, 4, 6]
+    assert all(r["trajectories"] == 8 and r["labelled"] > 0 for r in vals)
+    assert len({r["decisions"] for r in vals}) == 1  # the same fixed subset
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    for tag in ("val/loss", "val/policy_loss", "val/top1", "val/top3", "val/value_log_loss"):
+        assert [e.step for e in events.Scalars(tag)] == [2, 4, 6], tag
+    assert events.Scalars("val/loss")[-1].value == pytest.approx(vals[-1]["loss"], rel=1e-6)
+
+    ckpt = run_dir / "checkpoints"
+    best_step = min(vals, key=lambda r: r["loss"])["step"]
+    best = (ckpt / "best").read_text().strip()
+    assert best == f"step{best_step:08d}"
+    kept = sorted(p.name for p in ckpt.glob("step*"))
+    # keep-last 1 pruned steps 1-5 except the best one
+    assert kept == sorted({best, "step00000006"}), kept
+    # With this seed the first validation is the best: it must outlive the rotation.
+    assert best_step == 2, f"not the case this test needs: {vals}"
+    assert (ckpt / best / "model.safetensors").exists()
+
+    status = subprocess.run(
+        [sys.executable, "-m", "pokeagent", "status", str(run_dir)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "step 6/6, 48 samples" in status.stdout
+    assert f"validation at step 6: loss {vals[-1]['loss']:.4f}" in status.stdout
+    assert f"best checkpoint {best} (validation loss {vals[0]['loss']:.4f})" in status.stdout
+
+
+def test_invalid_eval_option_is_refused_before_anything_starts(tmp_path):
+    run_dir = tmp_path / "never"
+    out = subprocess.run(
+        [*TRAIN, "--run-dir", str(run_dir), "--eval-every", "-1"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "--eval-every must be >= 0 (got -1)" in out.stderr
+    assert not run_dir.exists()
