@@ -31,6 +31,7 @@ setup(
         "psutil>=5.9",
         "safetensors>=0.4",
         "pyarrow>=14",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"],

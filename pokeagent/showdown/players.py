@@ -66,6 +66,7 @@ def make_baseline(
     server_configuration,
     battle_format: str,
     team: Teambuilder | None = None,
+    max_concurrent_battles: int = 1,
 ) -> Player:
     """A guarded baseline player of `kind` ('random', 'maxpower' or 'heuristic')."""
     if kind not in GUARDED:
@@ -74,7 +75,7 @@ def make_baseline(
         account_configuration=AccountConfiguration(name, None),
         server_configuration=server_configuration,
         battle_format=battle_format,
-        max_concurrent_battles=1,
+        max_concurrent_battles=max_concurrent_battles,
         team=team,
         log_level=40,
     )
