@@ -129,3 +129,37 @@ def test_invalid_eval_option_is_refused_before_anything_starts(tmp_path):
     )
     assert out.returncode == 2 and "--eval-every must be >= 0 (got -1)" in out.stderr
     assert not run_dir.exists()
+
+
+def test_status_shows_battles_and_time_left(tmp_path):
+    """A run in progress, as its files show it: the time left and the last battles' win rates."""
+    import time
+
+    from pokeagent.eval.status import run_status
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"train": {"max_steps": 100}, "deepspeed": {"train_batch_size": 32}})
+    )
+    rows = [
+        {"step": 10, "loss": 2.5, "policy_loss": 2.0, "value_loss": 1.0, "lr": 1e-3},
+        {"val": True, "step": 10, "loss": 2.25, "policy_loss": 1.75, "value_loss": 1.0}
+        | {"top1": 0.3, "top3": 0.6, "value_brier": 0.25, "trajectories": 8},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "job.json").write_text(
+        json.dumps({"stop_at": time.time() + 2 * 3600 + 60, "time_limit_hours": 3.0})
+    )
+    done = tmp_path / "eval" / "battles-step10"
+    done.mkdir(parents=True)
+    opponents = {"random": {"win_rate": 0.9, "ci95": [0.8, 0.95]}, "heuristic": {"win_rate": 0.25}}
+    (done / "battles.json").write_text(json.dumps({"opponents": opponents, "ratings": {}}))
+    (tmp_path / "eval" / "battles-step20").mkdir()
+    (tmp_path / "eval" / "battles-step20" / "battles.log").write_text("")
+
+    text = run_status(tmp_path)
+    assert "step 10/100, 320 samples; train loss 2.5000" in text
+    assert "no checkpoint yet" in text
+    assert "validation at step 10: loss 2.2500" in text
+    assert "battles at step 10: vs random 0.90 [0.80, 0.95], vs heuristic 0.25" in text
+    assert "battles without results yet (running or failed): step 20" in text
+    assert "time limit 3.0 h: 2.0 h left before it stops" in text
