@@ -274,6 +274,7 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setattr(hubmod, "RETRY_WAIT_S", 0.01)
+    monkeypatch.setattr(hubmod, "BATCH_ROWS", 3)  # row groups hold 4: batches cut across them
     yield hub
     server.shutdown()
     server.server_close()
@@ -443,6 +444,7 @@ def test_pokechamp_months_splits_and_max_games(pokechamp, tmp_path):
     assert _output_ids(capped.out) == [r["battle_id"] for r in rows[20:23]]
     assert [s["rows"] for s in summary.shards] == [2, 1]  # shard_rows splits the output
     assert summary.games_by_format and summary.games == 3
+    assert summary.files["unneeded (max games)"] == 2  # both train files
 
 
 def test_dropped_connection_resumes_and_a_rerun_fetches_nothing(metamon, tmp_path):

@@ -57,6 +57,7 @@ import re
 import shutil
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -90,6 +91,8 @@ RETRY_WAIT_S = 1.0
 """First wait before resuming a broken download; doubled after each failure in a row."""
 RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
 """HTTP answers worth waiting out (rate limits, a busy or restarting server)."""
+BATCH_ROWS = 1024
+"""Parquet rows decoded at a time while filtering (a few tens of MB of logs)."""
 DISK_MARGIN = 1 << 30
 """Free space kept in reserve on the cache disk beyond what the downloads need."""
 
@@ -439,6 +442,9 @@ class _Hub:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.commit = ""
+        self.bands: dict[str, Counter[str]] = defaultdict(Counter)
+        """format -> rating band -> kept games."""
+        self.games_bar = tqdm(disable=True)
         self.summary = DownloadSummary(
             dataset=cfg.dataset,
             repo_id=self.repo_id,
@@ -830,8 +836,7 @@ def _run(
         unit_divisor=1024,
         disable=not progress,
     )
-    games = tqdm(desc="kept", unit=" games", disable=not progress)
-    bands: dict[str, Counter[str]] = defaultdict(Counter)
+    hub.games_bar = tqdm(desc="kept", unit=" games", disable=not progress)
     pool = ThreadPoolExecutor(cfg.workers)
     futures: list[Future] = [
         pool.submit(lambda f: hub.blob(f) if f.path in reused else hub.fetch(f, bar), f)
@@ -847,7 +852,7 @@ def _run(
                 summary.files["downloaded"] += 1
                 summary.bytes["downloaded"] += file.size
             summary.sources.append({"path": file.path, "size": file.size, "hash": file.key})
-            _filter_file(path, file, hub, cfg, summary, writer, bands, games)
+            _filter_file(path, file, hub, cfg, writer)
             if cfg.max_games is not None and summary.games >= cfg.max_games:
                 summary.files["unneeded (max games)"] = len(files) - index - 1
                 break
@@ -857,25 +862,16 @@ def _run(
             future.cancel()
         pool.shutdown(wait=True)
         bar.close()
-        games.close()
+        hub.games_bar.close()
     writer.close()
-    summary.games_by_format = {fmt: dict(sorted(c.items())) for fmt, c in sorted(bands.items())}
+    summary.games_by_format = {fmt: dict(sorted(c.items())) for fmt, c in sorted(hub.bands.items())}
     summary.shards = writer.shards
     summary.bytes["written"] = sum(s["bytes"] for s in writer.shards)
 
 
-def _filter_file(
-    path: Path,
-    file: _File,
-    hub: _Hub,
-    cfg: DownloadConfig,
-    summary: DownloadSummary,
-    writer: _Writer,
-    bands: dict[str, Counter[str]],
-    games: tqdm,
-) -> None:
+def _filter_file(path: Path, file: _File, hub: _Hub, cfg: DownloadConfig, writer: _Writer) -> None:
     """Keep the rows of one parquet file that pass the filters (cheap columns read first)."""
-    spec = cfg.spec
+    spec, summary = cfg.spec, hub.summary
     parquet = pq.ParquetFile(path)
     try:
         names = set(parquet.schema_arrow.names)
@@ -884,6 +880,7 @@ def _filter_file(
             summary.rows_read += parquet.metadata.num_rows
             return
         cheap = [c for c in (spec.format_column, spec.month_column) if c in names]
+        group_start = 0
         for group in range(parquet.num_row_groups):
             if cfg.max_games is not None and summary.games >= cfg.max_games:
                 return
@@ -898,7 +895,7 @@ def _filter_file(
                 if spec.month_column in names
                 else [None] * table.num_rows
             )
-            candidates = []
+            candidates = []  # rows of the group that the cheap columns do not rule out
             for row, (fmt, month) in enumerate(zip(fmts, months, strict=True)):
                 fid = format_id(fmt) if isinstance(fmt, str) else ""
                 if cfg.formats is not None and fid and fid not in cfg.formats:
@@ -908,29 +905,47 @@ def _filter_file(
                 else:
                     candidates.append(row)
             summary.rows_read += table.num_rows
-            if not candidates:
-                continue
-            rows = parquet.read_row_group(group).take(candidates)
-            kept = []
-            for offset, record in enumerate(rows.to_pylist()):
+            # All columns of the candidates only, a batch at a time: a row group of long logs
+            # can hold GBs once decoded.
+            start = 0
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[group]):
+                end = start + batch.num_rows
+                inside = candidates[bisect_left(candidates, start) : bisect_left(candidates, end)]
+                if inside:
+                    rows = pa.Table.from_batches([batch]).take([r - start for r in inside])
+                    first = group_start + start
+                    _keep_rows(rows, [first + r - start for r in inside], file, hub, cfg, writer)
+                start = end
                 if cfg.max_games is not None and summary.games >= cfg.max_games:
-                    summary.filtered["max games"] += len(candidates) - offset
-                    break
-                where = f"{hub.repo_id}@{hub.commit[:10]}:{file.path}:row {candidates[offset]}"
-                reason, band, fmt = _judge(record, where, cfg)
-                if reason.startswith("bad: "):
-                    summary.skipped[reason[5:]] += 1
-                elif reason:
-                    summary.filtered[reason] += 1
-                else:
-                    kept.append(offset)
-                    bands[fmt][band] += 1
-                    summary.games += 1
-                    games.update(1)
-            if kept:
-                writer.write(rows.take(kept))
+                    return
+            group_start += table.num_rows
     finally:
         parquet.close()
+
+
+def _keep_rows(
+    rows: pa.Table, row_numbers: list[int], file: _File, hub: _Hub, cfg: DownloadConfig, writer
+) -> None:
+    """Judge candidate rows one by one; write the kept ones, columns unchanged."""
+    summary = hub.summary
+    kept = []
+    for offset, record in enumerate(rows.to_pylist()):
+        if cfg.max_games is not None and summary.games >= cfg.max_games:
+            summary.filtered["max games"] += rows.num_rows - offset
+            break
+        where = f"{hub.repo_id}@{hub.commit[:10]}:{file.path}:row {row_numbers[offset]}"
+        reason, band, fmt = _judge(record, where, cfg)
+        if reason.startswith("bad: "):
+            summary.skipped[reason[5:]] += 1
+        elif reason:
+            summary.filtered[reason] += 1
+        else:
+            kept.append(offset)
+            hub.bands[fmt][band] += 1
+            summary.games += 1
+            hub.games_bar.update(1)
+    if kept:
+        writer.write(rows.take(kept))
 
 
 def _judge(record: dict, where: str, cfg: DownloadConfig) -> tuple[str, str, str]:
