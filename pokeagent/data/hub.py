@@ -72,11 +72,17 @@ from huggingface_hub import HfApi, constants, hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.utils import (
+    WeakFileLock,
+    build_hf_headers,
+    get_session,
+    hf_raise_for_status,
+)
 from tqdm import tqdm
 
 from pokeagent.data.sources import BadRecord, format_id, replay_from_record
@@ -479,6 +485,11 @@ class _Hub:
             ) from None
         except httpx2.TransportError as err:
             raise self.offline(err) from None
+        except OfflineModeIsEnabled:
+            raise HubError(
+                "HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it for `pokeagent "
+                "download` (the files it writes are then read offline by `pokeagent pack`)"
+            ) from None
 
     def offline(self, err: Exception) -> HubError:
         return HubError(
@@ -598,10 +609,19 @@ class _Hub:
         return _footer_metadata(footer)
 
     def fetch(self, file: _File, progress: tqdm) -> Path:
-        """Download one file into the blob cache, resuming a `.part` left by an earlier try."""
+        """Download one file into the blob cache, resuming a `.part` left by an earlier try.
+
+        A file lock keeps two processes sharing the cache (an array job) off the same `.part`.
+        """
         blob = self.blob(file)
-        part = blob.with_name(blob.name + ".part")
         blob.parent.mkdir(parents=True, exist_ok=True)
+        with WeakFileLock(blob.with_name(blob.name + ".lock")):
+            if self.cached(file):  # another process finished it meanwhile
+                return blob
+            return self._fetch(file, blob, progress)
+
+    def _fetch(self, file: _File, blob: Path, progress: tqdm) -> Path:
+        part = blob.with_name(blob.name + ".part")
         have = part.stat().st_size if part.exists() else 0
         if have > file.size:
             part.unlink()
