@@ -623,6 +623,38 @@ def test_path_hints_rule_out_files_by_format_month_and_split():
     assert cfg.months == ["2024-01", "2024-02", "2024-03"]
 
 
+def test_footer_statistics_rule_out_files_by_format_and_month(tmp_path):
+    champ = _parquet(
+        [{"battle_id": "x", "gamemode": "gen9ou", "month_year": m, "text": "|"} for m in MONTHS[:2]]
+    )
+    meta = pq.read_metadata(io.BytesIO(champ))
+    spec = hubmod.DATASETS["pokechamp"]
+
+    def rules_out(metadata, spec, **filters):
+        return hubmod._stats_rule_out(metadata, spec, DownloadConfig(out=tmp_path, **filters))
+
+    assert rules_out(meta, spec, dataset="pokechamp", months=["2024-03"])  # March2024 > max
+    assert not rules_out(meta, spec, dataset="pokechamp", months=["2024-02"])
+    assert rules_out(meta, spec, dataset="pokechamp", formats=["gen1ou"])
+    assert not rules_out(meta, spec, dataset="pokechamp", formats=["gen9ou"], months=["2024-01"])
+    assert rules_out(meta, spec, dataset="pokechamp", formats=["gen9ou"], months=["2023-12"])
+
+    march = 1709251200  # 2024-03-01 00:00 UTC: metamon months come from uploadtime seconds
+    raw = _parquet(
+        [
+            {"id": "x", "formatid": "gen1ou", "uploadtime": t, "log": "|"}
+            for t in (march, march + 99)
+        ]
+    )
+    meta, spec = pq.read_metadata(io.BytesIO(raw)), hubmod.DATASETS["metamon-raw"]
+    assert not rules_out(meta, spec, dataset="metamon-raw", months=["2024-03"])
+    assert rules_out(meta, spec, dataset="metamon-raw", months=["2024-02", "2024-04"])
+    odd = _parquet([{"id": "x", "formatid": "Gen 1 OU", "uploadtime": march, "log": "|"}])
+    assert not rules_out(  # statistics that are not format ids prune nothing
+        pq.read_metadata(io.BytesIO(odd)), spec, dataset="metamon-raw", formats=["gen9ou"]
+    )
+
+
 def test_cli_download_verb(metamon, tmp_path, capsys):
     from pokeagent.cli import main
 

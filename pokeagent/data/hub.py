@@ -781,7 +781,10 @@ def _up_to_date(cfg: DownloadConfig, commit: str) -> DownloadSummary | None:
             return None
     for name in ("files", "bytes", "skipped", "filtered"):
         saved[name] = Counter(saved.get(name, {}))
-    summary = DownloadSummary(**saved)
+    try:
+        summary = DownloadSummary(**saved)
+    except TypeError:  # written by another version of this module: redo the run
+        return None
     summary.up_to_date = True
     return summary
 
