@@ -291,3 +291,105 @@ def test_without_slurm_several_nodes_are_refused_and_a_missing_data_dir_named(tm
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 2 and "--data-dir" in out.stderr
+
+
+# ------------------------------------------------------------------------------ resume elsewhere
+def test_loader_resplit_starts_a_fresh_epoch_for_the_new_world(tmp_path):
+    from pokeagent.data.loader import LoaderConfig, TrajectoryLoader, resplit_state, worker_shards
+
+    old = [
+        {"cursors": {"0": {"epoch": 2}, "1": {"epoch": 3}}},
+        {"cursors": {"0": {"epoch": 3}, "1": {"epoch": 2}}},
+    ]
+    state = resplit_state(old, rank=0, world_size=1, workers=3, seed=7)
+    assert sorted(state["cursors"]) == ["0", "1", "2"]
+    assert {c["epoch"] for c in state["cursors"].values()} == {4}
+    assert all(c["buffer"] == [] and c["shard_pos"] == 0 for c in state["cursors"].values())
+    for i in range(3):
+        (tmp_path / f"train-{i:06d}.tar").write_bytes(b"")
+    loader = TrajectoryLoader(LoaderConfig(shards=tmp_path, workers=3, seed=7), 0, 1)
+    loader.load_state_dict(state)  # accepted for the new (rank, world, workers)
+    # epoch 4 of the new assignment deals every shard to exactly one of the 3 new workers
+    paths = loader.cfg.shard_paths
+    dealt = [s for g in range(3) for s in worker_shards(paths, 7, 4, g, 3)]
+    assert sorted(dealt) == sorted(paths)
+
+
+@pytest.fixture(scope="module")
+def shards(showdown_package, tmp_path_factory):
+    from conftest import write_simulated_replays
+
+    from pokeagent.data.pack import PackConfig, pack
+
+    root = tmp_path_factory.mktemp("launch")
+    write_simulated_replays(
+        showdown_package, root / "replays.jsonl", 16, 9, move_prob=0.8, tera_prob=0.2
+    )
+    pack(
+        PackConfig(
+            sources=[str(root / "replays.jsonl")],
+            out=root / "shards",
+            workers=2,
+            shard_size=100_000,
+            val_fraction=0.0,
+        ),
+        progress=False,
+    )
+    return root / "shards"
+
+
+def _train_env() -> dict:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", DEEPSPEED_TIMEOUT="2")
+    env.pop("RANK", None)
+    return env
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [row for row in map(json.loads, lines) if "loss" in row and "val" not in row]
+
+
+def test_two_ranks_resume_on_one_from_a_universal_checkpoint(shards, tmp_path):
+    """Saved by 2 ranks (ZeRO-2), resumed by 1: the loss goes on from where it stopped."""
+    from pokeagent.train.config import TrainConfig
+    from pokeagent.train.ds_config import scaled_lr
+    from pokeagent.train.trainer import lr_lambda
+
+    run_dir = tmp_path / "run"
+    options = {
+        "run-dir": run_dir, "data-dir": shards, "model": "tiny", "ds-config": "cpu",
+        "batch-size-per-gpu": 8, "window": 32, "warmup-steps": 2, "workers-per-gpu": 1,
+        "log-every": 100, "checkpoint-minutes": 999, "learning-rate": 3e-3, "seed": 3,
+    }  # fmt: skip
+    words = [w for k, v in options.items() for w in (f"--{k}", str(v))]
+    first = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "pokeagent.train", *words, "--max-steps", "10"],
+        env=_train_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    before = [row["loss"] for row in _rows(run_dir)]
+    assert len(before) == 10
+    assert len(list((run_dir / "checkpoints" / "step00000010").glob("*optim_states.pt"))) == 2
+
+    second = subprocess.run(
+        [sys.executable, "-m", "pokeagent.train", *words, "--max-steps", "14"],
+        env=_train_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    assert "saved by 2 ranks, this run has 1" in second.stdout
+    assert "resumed from step 10" in second.stdout
+    rows = _rows(run_dir)
+    assert [row["step"] for row in rows] == list(range(1, 15))
+    after = [row["loss"] for row in rows[10:]]
+    initial, stopped = sum(before[:2]) / 2, sum(before[-2:]) / 2
+    assert initial - stopped > 0.1, before  # it had learnt something worth keeping
+    # Not back at the start: the first resumed loss keeps more than half of what was learnt.
+    assert after[0] < stopped + 0.5 * (initial - stopped), (before, after)
+    # The schedule's position is kept; its peak follows the new global batch (8, not 16).
+    cfg = TrainConfig(learning_rate=3e-3, warmup_steps=2, max_steps=14)
+    assert rows[10]["lr"] == pytest.approx(scaled_lr(3e-3, 8) * lr_lambda(cfg)(11))
+    # The new world's checkpoint is an ordinary one; the universal copy is gone.
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step00000014"
+    assert len(list((run_dir / "checkpoints" / "step00000014").glob("rank*.pt"))) == 1
+    assert not list((run_dir / "checkpoints").glob("universal-*"))

@@ -89,6 +89,41 @@ def worker_shards(
     return [shuffled[global_worker % len(shuffled)]]
 
 
+def resplit_state(states: list[dict], rank: int, world_size: int, workers: int, seed: int) -> dict:
+    """A loader state for (rank, world_size, workers) from the states saved by every rank of a
+    run with another world size or worker count (resume on a different number of GPUs).
+
+    Exact continuation is impossible then: shards are dealt to global workers by position, and
+    the samples a worker had not read yet cannot be handed to a different set of workers without
+    reading them again. The rule: every new worker starts epoch E + 1 of the assignment for the
+    new worker count, E the furthest epoch any old worker had reached; the unread rest of epoch
+    E and the old shuffle buffers are skipped (nothing is read twice). Buffers and window starts
+    come from a fresh RNG seeded by (seed, global worker, E + 1). The trainer keeps the step and
+    sample counters and the learning-rate schedule position across such a resume.
+    """
+    cursors = [cursor for state in states for cursor in state["cursors"].values()]
+    epoch = max((cursor["epoch"] for cursor in cursors), default=0) + 1
+    n_local = max(1, workers)
+    fresh = {}
+    for local in range(n_local):
+        rng = np.random.default_rng([seed, rank * n_local + local, 0xB0F, epoch])
+        fresh[str(local)] = {
+            "epoch": epoch,
+            "shard_pos": 0,
+            "sample_pos": 0,
+            "buffer": [],
+            "rng": rng.bit_generator.state,
+        }
+    return {
+        "rank": rank,
+        "world_size": world_size,
+        "workers": n_local,
+        "seed": seed,
+        "batches_served": 0,
+        "cursors": fresh,
+    }
+
+
 def _window(sample: dict, start: int, size: int) -> dict[str, np.ndarray]:
     steps = len(sample["action"])
     end = min(steps, start + size)
