@@ -195,6 +195,9 @@ def test_options_pass_through_and_resources(capsys):
         i = launch.index(expected[0])
         assert launch[i : i + 2] == expected
     assert "--debug" in launch and "--resume" in launch
+    cfg = _train_config(launch)  # `pokeagent train` accepts every option passed through
+    assert (cfg.max_samples, cfg.min_elo, cfg.eval_every, cfg.debug) == (1000000, 1500, 500, True)
+    assert (cfg.data_dir, cfg.model, cfg.grad_accum) == ("/data/shards", "medium", 2)
     assert "pokeagent.train" in command  # no SLURM here: the local command is shown
 
 
@@ -393,3 +396,49 @@ def test_two_ranks_resume_on_one_from_a_universal_checkpoint(shards, tmp_path):
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step00000014"
     assert len(list((run_dir / "checkpoints" / "step00000014").glob("rank*.pt"))) == 1
     assert not list((run_dir / "checkpoints").glob("universal-*"))
+
+
+def test_out_of_memory_names_the_batch_and_the_next_smaller(monkeypatch, capsys):
+    import torch
+
+    import pokeagent.train.trainer as trainer_module
+    from pokeagent.train.__main__ import main
+
+    class OutOfMemory:
+        def __init__(self, cfg):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer_module, "Trainer", OutOfMemory)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    code = main(["--batch-size-per-gpu", "256", "--model", "large", "--ds-config", "zero2_bf16"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "CUDA out of memory with --batch-size-per-gpu 256" in err
+    assert "--batch-size-per-gpu 128 --grad-accum 2 keeps the global batch 1024" in err
+    assert "zero3_bf16" in err and "zero2_offload" in err
+    assert "Traceback" not in err
+
+
+def test_max_samples_stops_the_run_and_min_elo_filters_the_data(shards, tmp_path):
+    words = [
+        "--data-dir", str(shards), "--model", "tiny", "--ds-config", "cpu", "--window", "16",
+        "--batch-size-per-gpu", "4", "--workers-per-gpu", "0", "--max-steps", "1000",
+        "--checkpoint-minutes", "999", "--debug",
+    ]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "pokeagent.train", *words, "--run-dir", str(tmp_path / "a"),
+         "--max-samples", "18"],
+        env=_train_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [row["step"] for row in _rows(tmp_path / "a")] == [1, 2, 3, 4, 5]  # ceil(18 / 4)
+    assert "step 1/5" in run.stdout  # --debug: a log line every step
+    assert (tmp_path / "a" / "checkpoints" / "latest").read_text().strip() == "step00000005"
+    # Simulator battles carry no ratings: a rating floor leaves nothing to train on.
+    filtered = subprocess.run(
+        [sys.executable, "-m", "pokeagent.train", *words, "--run-dir", str(tmp_path / "b"),
+         "--min-elo", "1000", "--max-steps", "2"],
+        env=_train_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert filtered.returncode != 0
+    assert "all filtered out" in filtered.stderr

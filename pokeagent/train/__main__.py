@@ -20,6 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pokeagent train", description=__doc__.splitlines()[0])
     for f in fields(TrainConfig):
         default = f.default if f.default is not MISSING else None
+        if isinstance(default, bool):  # a switch: --debug
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"), action="store_const", const=True, default=None
+            )
+            continue
         kind = type(default) if default is not None else str
         parser.add_argument(
             "--" + f.name.replace("_", "-"), type=kind, default=None, help=f"(default {default})"
@@ -153,19 +158,56 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
+    if cfg.debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG)
+        os.environ.setdefault("TORCH_DISTRIBUTED_DEBUG", "DETAIL")
+        if args.log_every is None:
+            cfg.log_every = 1
+    import torch
+
     from pokeagent.train.trainer import Trainer
 
-    trainer = Trainer(cfg)
-    resumed = trainer.try_resume()  # automatic whenever the run directory holds a checkpoint
-    if args.resume and not resumed:
-        raise SystemExit(
-            f"--resume: no checkpoint in {trainer.ckpt_dir} (its `latest` file is missing)"
-        )
-    if resumed and trainer.rank == 0:
-        print(f"resumed from step {trainer.resumed_from} ({trainer.ckpt_dir})", flush=True)
-    trainer.run()
+    try:
+        trainer = Trainer(cfg)
+        resumed = trainer.try_resume()  # automatic whenever the run directory holds a checkpoint
+        if args.resume and not resumed:
+            raise SystemExit(
+                f"--resume: no checkpoint in {trainer.ckpt_dir} (its `latest` file is missing)"
+            )
+        if resumed and trainer.rank == 0:
+            print(f"resumed from step {trainer.resumed_from} ({trainer.ckpt_dir})", flush=True)
+        trainer.run()
+    except torch.cuda.OutOfMemoryError as error:
+        print(out_of_memory_message(cfg, error), file=sys.stderr, flush=True)
+        return 3
     trainer.close()
     return 0
+
+
+def out_of_memory_message(cfg: TrainConfig, error: BaseException) -> str:
+    """What to change after a CUDA out-of-memory error, instead of a bare traceback."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = cfg.batch_size_per_gpu
+    first = str(error).splitlines()[0] if str(error) else "out of memory"
+    if batch > 1:
+        smaller = batch // 2
+        accum = cfg.grad_accum * batch // smaller if batch % smaller == 0 else cfg.grad_accum * 2
+        fix = (
+            f"--batch-size-per-gpu {smaller} --grad-accum {accum} keeps the global batch "
+            f"{batch * cfg.grad_accum * world} (or --batch-size-per-gpu {smaller} alone halves it)"
+        )
+    else:
+        fix = "the batch is already 1 window per GPU: a shorter --window, or a smaller --model"
+    return (
+        f"pokeagent train: CUDA out of memory with --batch-size-per-gpu {batch} "
+        f"(model {cfg.model}, window {cfg.window}, {cfg.ds_config}, {world} GPU(s)): {first}\n"
+        f"  try {fix};\n"
+        "  or hold less per GPU: --ds-config zero3_bf16 (parameters sharded too) or "
+        "zero2_offload (optimizer states in CPU memory).\n"
+        "  `pokeagent validate --model M --batch-size-per-gpu B` estimates the memory beforehand."
+    )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,22 @@ class TrainConfig:
     """After each validation, battles per opponent (random, maxpower, heuristic) played by a
     separate `pokeagent eval battles` process (0: none; needs --eval-every)."""
 
+    max_samples: int = 0
+    """Stop after this many training samples (trajectory windows, all ranks; 0: no limit): the
+    run's optimizer steps become min(max_steps, ceil(max_samples / global batch)), and the
+    learning-rate schedule ends there."""
+    min_elo: int = 0
+    """Train only on trajectories whose known ratings all reach this (the loader's min_rating;
+    trajectories without any rating are dropped); 0: no filter."""
+    debug: bool = False
+    """Log every step (unless --log-every is given), Python logging at DEBUG, and
+    TORCH_DISTRIBUTED_DEBUG=DETAIL for the process group."""
+
     def __post_init__(self):
+        if self.max_samples < 0 or self.min_elo < 0:
+            raise ValueError(
+                f"--max-samples and --min-elo must be >= 0 (got {self.max_samples}, {self.min_elo})"
+            )
         if self.batch_size_per_gpu < 1 or self.grad_accum < 1 or self.max_steps < 1:
             raise ValueError("batch_size_per_gpu, grad_accum and max_steps must be >= 1")
         if self.keep_last < 1:

@@ -150,6 +150,7 @@ class Trainer:
                 workers=cfg.workers_per_gpu,
                 shuffle_buffer=cfg.shuffle_buffer,
                 seed=cfg.seed,
+                min_rating=cfg.min_elo or None,
             ),
             rank=self.rank,
             world_size=self.world,
@@ -161,6 +162,7 @@ class Trainer:
         self.history: list[StepRecord] = []
         self.resumed_from: int | None = None
         self.writer = None
+        self._apply_sample_budget()
 
     # ------------------------------------------------------------------ checkpoints
     def _rank_file(self, tag: str) -> Path:
@@ -257,6 +259,20 @@ class Trainer:
         self.resumed_from = own["step"]
         return True
 
+    def _apply_sample_budget(self) -> None:
+        """--max-samples: the run ends at the step where the global sample count reaches it (from
+        the samples already seen, so that a resume on another global batch still ends there)."""
+        if not self.cfg.max_samples:
+            return
+        if not hasattr(self, "_max_steps_asked"):
+            self._max_steps_asked = self.cfg.max_steps
+        global_batch = self.cfg.batch_size_per_gpu * self.cfg.grad_accum * self.world
+        left = max(0, self.cfg.max_samples - self.samples_seen)
+        done = self.engine.global_steps
+        self.cfg.max_steps = max(
+            1, min(self._max_steps_asked, done + math.ceil(left / global_batch))
+        )
+
     # ------------------------------------------------------------------ resume on another world size
     def _prepare_resume_elsewhere(self) -> None:
         """Before the engine exists: if `latest` was saved by another number of ranks, convert it
@@ -350,6 +366,7 @@ class Trainer:
         self.samples_seen = states[0]["samples_seen"]
         self.decisions_seen = sum(s["decisions_seen"] for s in states) if self.rank == 0 else 0
         self.resumed_from = step
+        self._apply_sample_budget()
         factor = lr_lambda(self.cfg)(self.scheduler.last_epoch)
         self.scheduler.base_lrs = [self.peak_lr for _ in self.scheduler.base_lrs]
         for group in self.scheduler.optimizer.param_groups:
