@@ -33,11 +33,12 @@ from pokeagent.showdown.dex import Dex
 from pokeagent.showdown.protocol import (
     Message,
     effect_name,
+    line_kind,
     parse_details,
     parse_line,
     parse_pokemon_ref,
 )
-from pokeagent.showdown.state import BattleState, PokemonState, normalise
+from pokeagent.showdown.state import BATTLE_STATE_KINDS, BattleState, PokemonState, normalise
 
 PARSER_VERSION = 1
 """Bumped whenever labels, masks or decision points change meaning."""
@@ -344,12 +345,15 @@ class _Reconstruction:
     # --------------------------------------------------------------- the walk
     def run(self) -> dict[str, list[Decision]]:
         state = self.state
+        handlers = _HANDLERS
         for line_no, msg in self.msgs:
             self.line_no = line_no
             kind = msg.kind
-            handler = getattr(self, "_on_" + kind.replace("-", "_"), None)
+            handler = handlers.get(kind)
+            if handler is None and kind not in handlers:
+                handler = handlers[kind] = getattr(_Reconstruction, _handler_name(kind), None)
             if handler is not None:
-                handler(msg)
+                handler(self, msg)
             state.apply(msg)
             if kind == "turn":
                 self._open_turn()
@@ -559,6 +563,37 @@ class _Reconstruction:
         self.pending_forced.clear()
 
 
+def _handler_name(kind: str) -> str:
+    return "_on_" + kind.replace("-", "_")
+
+
+_HANDLERS: dict[str, Callable | None] = {}
+"""Message kind -> `_Reconstruction` handler (None: no handler), filled as kinds show up."""
+_READ: dict[str, bool] = {}
+"""Message kind -> whether anything in this module or in BattleState reads such messages."""
+
+
+def _is_read(kind: str) -> bool:
+    read = _READ.get(kind)
+    if read is None:
+        read = _READ[kind] = (
+            kind in BATTLE_STATE_KINDS
+            or kind in ("replace", "rule")
+            or hasattr(_Reconstruction, _handler_name(kind))
+        )
+    return read
+
+
+def _messages(log: str) -> list[tuple[int, Message]]:
+    """(line index, message) for the lines some pass reads; the rest are never split."""
+    numbered = []
+    for index, line in enumerate(log.splitlines()):
+        kind = line_kind(line)
+        if kind is not None and (_READ.get(kind) or _is_read(kind)):
+            numbered.append((index, parse_line(line)))
+    return numbered
+
+
 def _choice_locked(item: str | None) -> bool:
     return bool(item) and item.startswith("Choice ")
 
@@ -574,9 +609,7 @@ def parse_replay(replay: Replay, encoder: Encoder | None = None) -> tuple[Trajec
 
 
 def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Trajectory]:
-    numbered = [
-        (i, m) for i, m in enumerate(map(parse_line, replay.log.splitlines())) if m is not None
-    ]
+    numbered = _messages(replay.log)
     msgs = [m for _, m in numbered]
     final = BattleState()
     for msg in msgs:

@@ -36,15 +36,45 @@ def parse_line(line: str) -> Message | None:
         return None
     parts = line[1:].split("|")
     kind = parts[0]
+    if "[" not in line:
+        return Message(kind, parts[1:], {}, line)
     args: list[str] = []
     tags: dict[str, str] = {}
     for part in parts[1:]:
-        match = _TAG.match(part) if part.startswith("[") else None
-        if match:
-            tags[match.group(1)] = match.group(2)
+        tag = _tag(part) if part.startswith("[") else None
+        if tag is not None:
+            tags[tag[0]] = tag[1]
         else:
             args.append(part)
     return Message(kind, args, tags, line)
+
+
+def line_kind(line: str) -> str | None:
+    """The kind of a protocol line without splitting it: `parse_line(line).kind`, or None."""
+    if not line.startswith("|") or len(line) < 2:
+        return None
+    end = line.find("|", 1)
+    return line[1:end] if end > 0 else line[1:]
+
+
+_CACHE_LIMIT = 100_000
+"""Entries per parse cache: the same few thousand strings recur across battles (tags, Pokémon
+names); the caches are cleared when full, so a million-replay job stays small."""
+_TAGS: dict[str, tuple[str, str] | None] = {}
+
+
+def _tag(part: str) -> tuple[str, str] | None:
+    """`[from] item: Leftovers` -> ('from', 'item: Leftovers'); None when not a tag."""
+    try:
+        return _TAGS[part]
+    except KeyError:
+        pass
+    match = _TAG.match(part)
+    tag = (match.group(1), match.group(2)) if match else None
+    if len(_TAGS) >= _CACHE_LIMIT:
+        _TAGS.clear()
+    _TAGS[part] = tag
+    return tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +88,21 @@ class PokemonRef:
 
 def parse_pokemon_ref(text: str) -> PokemonRef | None:
     """Parse `p1a: Nickname` / `p1: Nickname`; None when it is not a Pokémon reference."""
+    try:
+        return _REFS[text]
+    except KeyError:
+        pass
+    ref = _parse_pokemon_ref(text)
+    if len(_REFS) >= _CACHE_LIMIT:
+        _REFS.clear()
+    _REFS[text] = ref
+    return ref
+
+
+_REFS: dict[str, PokemonRef | None] = {}
+
+
+def _parse_pokemon_ref(text: str) -> PokemonRef | None:
     if len(text) < 4 or text[0] != "p" or text[1] not in "1234":
         return None
     colon = text.find(": ")

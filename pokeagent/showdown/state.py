@@ -857,3 +857,5 @@ _HANDLERS = {
     "-sideend": BattleState._sideend,
     "-swapsideconditions": BattleState._swapsideconditions,
 }
+BATTLE_STATE_KINDS = frozenset(_HANDLERS)
+"""The message kinds `BattleState.apply` reads (every other kind leaves the state as it is)."""
