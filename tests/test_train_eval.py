@@ -163,3 +163,65 @@ def test_status_shows_battles_and_time_left(tmp_path):
     assert "battles at step 10: vs random 0.90 [0.80, 0.95], vs heuristic 0.25" in text
     assert "battles without results yet (running or failed): step 20" in text
     assert "time limit 3.0 h: 2.0 h left before it stops" in text
+
+
+def test_eval_battles_run_beside_training_and_reach_tensorboard(shards, tmp_path):
+    """--eval-battles: `pokeagent eval battles` in child processes that training does not wait
+    for; their results reach TensorBoard at the step they evaluated (here through the resumed
+    run, which records the results that finished after the first job ended)."""
+    import contextlib
+    import re
+    import time
+
+    import psutil
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pokeagent.train.validation import battles_unavailable
+
+    if battles_unavailable():
+        pytest.skip(battles_unavailable())
+    run_dir = tmp_path / "battles"
+    run = _train(shards, run_dir, "--eval-every", "3", "--eval-battles", "1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    launched = {
+        int(s): int(p) for s, p in re.findall(r"battles for step (\d+): pid (\d+)", run.stdout)
+    }
+    assert sorted(launched) == [3, 6], run.stdout[-3000:]
+    # Step 3's checkpoint outlived keep-last 1: its battles were still reading it (or it is the best).
+    assert (run_dir / "checkpoints" / "step00000003" / "model.safetensors").exists()
+    results = {step: run_dir / "eval" / f"battles-step{step}" / "battles.json" for step in launched}
+    try:
+        deadline = time.monotonic() + 400
+        while not all(path.exists() for path in results.values()):
+            assert time.monotonic() < deadline, "the battle processes did not finish"
+            time.sleep(1)
+    finally:
+        for pid in launched.values():  # only the processes this run started
+            with contextlib.suppress(psutil.Error):  # gone, or a zombie once finished
+                process = psutil.Process(pid)
+                if "battles" in " ".join(process.cmdline()):
+                    process.kill()
+    rates = {
+        step: {k: v["win_rate"] for k, v in json.loads(path.read_text())["opponents"].items()}
+        for step, path in results.items()
+    }
+    assert all(set(r) == {"random", "maxpower", "heuristic"} for r in rates.values()), rates
+
+    resumed = _train(shards, run_dir, "--eval-every", "3")  # at max-steps already: records only
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "battles for step 3: vs random" in resumed.stdout
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    for opponent in ("random", "maxpower", "heuristic"):
+        scalars = events.Scalars(f"battles/vs_{opponent}")
+        assert {e.step: e.value for e in scalars} == pytest.approx(
+            {step: rates[step][opponent] for step in (3, 6)}
+        )
+    status = subprocess.run(
+        [sys.executable, "-m", "pokeagent", "status", str(run_dir)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"battles at step 6: vs random {rates[6]['random']:.2f}" in status.stdout

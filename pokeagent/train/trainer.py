@@ -446,19 +446,22 @@ class Trainer:
         return self.writer
 
     def _setup_validation(self) -> None:
-        """--eval-every: every rank reads the fixed subset once; rank 0 recovers the best loss of
-        a resumed run and, with --eval-battles, watches the battle processes."""
+        """--eval-every: every rank reads the fixed subset once. Rank 0 recovers the best loss of
+        a resumed run, records battle results that came after the last job ended and, with
+        --eval-battles, watches the battle processes."""
         cfg = self.cfg
         if not cfg.eval_every:
             return
-        from pokeagent.train.validation import Battles, Validation
+        from pokeagent.train.validation import Battles, Validation, unrecorded_battles
 
         self.validation = Validation(
             cfg.data_dir, cfg.eval_samples, cfg.window, cfg.batch_size_per_gpu, cfg.value_weight
         )
         self.validation.recover_best(self.run_dir, self.ckpt_dir)
-        if self.rank == 0 and cfg.eval_battles:
-            self.battles = Battles(cfg.eval_battles)
+        if self.rank == 0:
+            self._record_battles(unrecorded_battles(self.run_dir))
+            if cfg.eval_battles:
+                self.battles = Battles(cfg.eval_battles)
 
     def _validate(self, step: int) -> bool:
         """Validation at `step`. Every rank evaluates the same subset: ZeRO-3's forward needs them
@@ -506,9 +509,11 @@ class Trainer:
 
     def _poll_battles(self) -> None:
         """Rank 0: win rates of finished battle processes -> TensorBoard at the step they played."""
-        if self.battles is None:
-            return
-        for step, rates in self.battles.poll().items():
+        if self.battles is not None:
+            self._record_battles(self.battles.poll())
+
+    def _record_battles(self, results: dict[int, dict[str, float]]) -> None:
+        for step, rates in results.items():
             writer = self._writer()
             for opponent, rate in rates.items():
                 writer.add_scalar(f"battles/vs_{opponent}", rate, step)

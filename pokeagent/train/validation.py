@@ -116,6 +116,35 @@ def battles_unavailable() -> str | None:
     return None
 
 
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def win_rates(out: Path) -> dict[str, float]:
+    """Win rate by opponent from `<out>/battles.json` (opponents without a finished game left
+    out); raises one of `_UNREADABLE` when the file is missing or not in that shape."""
+    results = json.loads((out / "battles.json").read_text())
+    return {
+        name: float(figures["win_rate"])
+        for name, figures in results["opponents"].items()
+        if figures.get("win_rate") is not None
+    }
+
+
+def unrecorded_battles(run_dir: Path) -> dict[int, dict[str, float]]:
+    """Battle results on disk that metrics.jsonl does not hold: those that finished after the
+    job which launched them had ended. A resumed run writes them, at the steps they evaluated."""
+    recorded = {r["step"] for r in read_metrics(run_dir) if r.get("battles")}
+    found = {}
+    for folder in (run_dir / "eval").glob("battles-step*"):
+        try:
+            step = int(folder.name.removeprefix("battles-step"))
+            if step not in recorded:
+                found[step] = win_rates(folder)
+        except _UNREADABLE:
+            continue
+    return dict(sorted(found.items()))
+
+
 @dataclass
 class _Pending:
     process: subprocess.Popen
@@ -185,12 +214,8 @@ class Battles:
                 continue
             del self.pending[step]
             try:
-                results = json.loads((pending.out / "battles.json").read_text())
-                done[step] = {
-                    name: float(figures["win_rate"])
-                    for name, figures in results["opponents"].items()
-                }
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                done[step] = win_rates(pending.out)
+            except _UNREADABLE as error:
                 print(
                     f"battles for step {step} gave no results (exit {code}: {error}); "
                     f"see {pending.out / 'battles.log'}",
