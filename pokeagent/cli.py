@@ -461,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="default: <run dir>/eval/offline-step<N>")
     p.add_argument("--split", default="val", help="which shards of a folder to read")
-    p.add_argument("--max-samples", type=int, default=None, help="first N trajectories only")
+    p.add_argument(
+        "--max-samples", type=int, default=None, help="N trajectories spread over the shards"
+    )
     p.add_argument(
         "--window", type=int, default=None, help="decisions per chunk (default: the run's window)"
     )

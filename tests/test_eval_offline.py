@@ -147,6 +147,22 @@ def test_metrics_agree_with_compute_loss(data, tmp_path):
     assert again["overall"]["policy_loss"] == pytest.approx(overall["policy_loss"], rel=1e-6)
 
 
+def test_max_samples_spread_over_the_shards(data, tmp_path):
+    import shutil
+
+    shards, _, _ = data
+    paths = shard_paths(shards)
+    everything = [s["key"] for s in read_trajectories(paths)]
+    assert len(paths) >= 3 and len(everything) >= 7
+    picked = [s["key"] for s in read_trajectories(paths, max_samples=3)]
+    total = len(everything)
+    assert picked == [everything[i * total // 3] for i in range(3)]
+    assert picked[-1] not in everything[:3]  # not simply the first three
+    # Tar files without their manifest: the first N.
+    copies = [shutil.copy(path, tmp_path) for path in paths]
+    assert [s["key"] for s in read_trajectories(copies, max_samples=3)] == everything[:3]
+
+
 def test_rating_bands_split_by_own_rating(data):
     shards, _, net = data
     samples = list(read_trajectories(shard_paths(shards), max_samples=4))

@@ -4,7 +4,7 @@
     pokeagent eval offline --checkpoint runs/small/checkpoints/step00002000 --shards a.tar b.tar
 
 Reading is deterministic: shard paths in order (a folder's `val-*.tar` sorted), samples in file
-order, the first `max_samples` trajectories. Each trajectory is cut into non-overlapping chunks of
+order; `max_samples` takes that many spread evenly over them (by the manifest's counts). Each trajectory is cut into non-overlapping chunks of
 K decisions from its start (the last one padded), so every decision is scored exactly once; a
 chunk's first decision sees no earlier context, as a training window that starts there.
 
@@ -67,7 +67,7 @@ class OfflineEvalConfig:
     split: str = "val"
     """Which shards of a folder to read."""
     max_samples: int | None = None
-    """Evaluate the first N trajectories only (None: all)."""
+    """Evaluate N trajectories spread evenly over the shards (None: all)."""
     window: int | None = None
     """Decisions per chunk; default the run's training window (config.json), else max_window."""
     batch_size: int = 32
@@ -110,8 +110,50 @@ def shard_paths(shards: str | Path | Iterable[str | Path], split: str = "val") -
     return paths
 
 
+def _manifest_counts(paths: list[str]) -> list[int] | None:
+    """Samples per shard from the `manifest.json` beside each shard (`pokeagent pack`'s), or None
+    where one is missing."""
+    manifests: dict[Path, dict[str, int]] = {}
+    counts = []
+    for path in map(Path, paths):
+        if path.parent not in manifests:
+            try:
+                shards = json.loads((path.parent / "manifest.json").read_text())["shards"]
+                manifests[path.parent] = {
+                    entry["name"]: int(entry["samples"])
+                    for entries in shards.values()
+                    for entry in entries
+                }
+            except (OSError, ValueError, KeyError, TypeError):
+                manifests[path.parent] = {}
+        if path.name not in manifests[path.parent]:
+            return None
+        counts.append(manifests[path.parent][path.name])
+    return counts
+
+
 def read_trajectories(paths: list[str], max_samples: int | None = None) -> Iterator[dict]:
-    """Whole trajectories in file order (empty ones skipped), at most `max_samples`."""
+    """Whole trajectories in file order (empty ones skipped). With `max_samples`, that many spread
+    evenly over all of them (samples floor(i x total / max_samples), by the manifest's counts;
+    shards holding none of them are not opened): pack writes its inputs in order, so the first N
+    would often be one format or one month. Without a manifest, the first `max_samples`."""
+    counts = _manifest_counts(paths) if max_samples is not None else None
+    if counts is not None and sum(counts) > max_samples:
+        total = sum(counts)
+        wanted = sorted({i * total // max_samples for i in range(max_samples)})
+        offset = 0
+        for path, count in zip(paths, counts, strict=True):
+            here = {index - offset for index in wanted if offset <= index < offset + count}
+            offset += count
+            if not here:
+                continue
+            last = max(here)
+            for index, sample in enumerate(read_shard(path)):
+                if index in here and len(sample["action"]):
+                    yield sample
+                if index >= last:
+                    break
+        return
     count = 0
     for path in paths:
         for sample in read_shard(path):

@@ -57,7 +57,7 @@ class TrainConfig:
     """Validate every this many optimizer steps and at the last one (0: never): the `val-*.tar`
     of data_dir, through `pokeagent eval offline`'s code; the best checkpoint is kept."""
     eval_samples: int = 256
-    """Validation trajectories: the first N of the sorted val shards, the same every time."""
+    """Validation trajectories, spread evenly over the val shards: the same ones every time."""
     eval_battles: int = 0
     """After each validation, battles per opponent (random, maxpower, heuristic) played by a
     separate `pokeagent eval battles` process (0: none; needs --eval-every)."""

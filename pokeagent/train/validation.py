@@ -1,7 +1,7 @@
 """Validation during training (`--eval-every`, `--eval-battles`): what the trainer calls.
 
-- `Validation` evaluates the network on a fixed subset of the validation shards (the first
-  `eval_samples` trajectories of the sorted `val-*.tar`, read once) with `pokeagent eval
+- `Validation` evaluates the network on a fixed subset of the validation shards (`eval_samples`
+  trajectories spread evenly over the sorted `val-*.tar`, read once) with `pokeagent eval
   offline`'s `evaluate`, so every figure is comparable with every other and with the CLI's. It
   takes no random draws and does not touch the training loader; it restores the module's mode.
 - The best validation loss so far names a checkpoint in `checkpoints/best` (a tag, as `latest`);
