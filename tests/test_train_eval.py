@@ -13,6 +13,7 @@ import pytest
 from conftest import write_simulated_replays
 
 from pokeagent.data.pack import PackConfig, pack
+from pokeagent.eval.offline import OfflineEvalConfig, run_offline_eval
 
 TRAIN = [sys.executable, "-m", "pokeagent.train"]
 
@@ -103,7 +104,17 @@ def test_eval_every_validates_keeps_best_and_leaves_training_unchanged(shards, t
     assert kept == sorted({best, "step00000006"}), kept
     # With this seed the first validation is the best: it must outlive the rotation.
     assert best_step == 2, f"not the case this test needs: {vals}"
-    assert (ckpt / best / "model.safetensors").exists()
+    # `pokeagent eval offline` on the best checkpoint (through the pointer file), with the same
+    # number of trajectories, reproduces that validation: one code path, the same fixed subset.
+    offline = run_offline_eval(
+        OfflineEvalConfig(
+            checkpoint=str(ckpt / "best"), shards=[str(shards)], max_samples=8, tensorboard=False
+        )
+    )
+    assert offline["step"] == best_step and offline["window"] == 32
+    best_record = next(r for r in vals if r["step"] == best_step)
+    assert offline["overall"]["loss"] == pytest.approx(best_record["loss"], rel=1e-5)
+    assert offline["overall"]["top1"] == best_record["top1"]
 
     status = subprocess.run(
         [sys.executable, "-m", "pokeagent", "status", str(run_dir)],

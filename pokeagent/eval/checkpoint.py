@@ -36,9 +36,12 @@ class LoadedNetwork:
 
 
 def resolve_weights(path: str | Path) -> Path:
-    """`model.safetensors` itself, a checkpoint folder (`.../step00000100`), a `checkpoints/`
-    folder (its `latest`) or a run directory (its `checkpoints/latest`)."""
+    """`model.safetensors` itself, a checkpoint folder (`.../step00000100`), a pointer file
+    (`checkpoints/latest`, `checkpoints/best`), a `checkpoints/` folder (its `latest`) or a run
+    directory (its `checkpoints/latest`)."""
     path = Path(path)
+    if path.is_file() and path.name in ("latest", "best"):
+        path = path.parent / path.read_text().strip()
     if path.is_file():
         return path
     candidates = [path / WEIGHTS]
