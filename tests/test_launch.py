@@ -442,3 +442,55 @@ def test_max_samples_stops_the_run_and_min_elo_filters_the_data(shards, tmp_path
     )  # fmt: skip
     assert filtered.returncode != 0
     assert "all filtered out" in filtered.stderr
+
+
+def test_the_sbatch_script_runs_stops_on_usr1_and_requeues(shards, tmp_path):
+    """The rendered script under stand-in srun/scontrol: torchrun per node, 2 ranks on CPU; USR1
+    to every process of the step (as SLURM's --signal) -> checkpoint, exit 0, requeue."""
+    import signal
+    import time
+
+    import psutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_ins = {
+        # srun: drop its own options, run the command on this "node"
+        "srun": 'while [[ "$1" == --* ]]; do shift; done; SLURM_NODEID=0 exec "$@"',
+        "scontrol": f'echo "$@" >> {tmp_path}/scontrol',
+    }
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    run_dir = tmp_path / "run"
+    opts = slurm.options_from_args(
+        ["1", "2", "0.2", "4", "--data-dir", str(shards),
+         "--model", "tiny", "--ds-config", "cpu", "--max-steps", "100000", "--workers-per-gpu", "1",
+         "--run-dir", str(run_dir), "--dry-run"]
+    )  # fmt: skip
+    script = tmp_path / "job.sbatch"
+    script.write_text(slurm.render_sbatch(opts, "test"))
+    env = _train_env() | {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "777",
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_GPUS_ON_NODE": "2",
+        "SLURM_SUBMIT_DIR": str(REPO),
+    }
+    job = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (
+        (run_dir / "metrics.jsonl").exists() and len(_rows(run_dir)) >= 3
+    ):
+        time.sleep(0.1)
+    for process in psutil.Process(job.pid).children(recursive=True):
+        process.send_signal(signal.SIGUSR1)  # the step's processes, not the batch shell
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode == 0, output[-4000:]
+    stopped = max(row["step"] for row in _rows(run_dir))
+    assert f"stopped cleanly at step {stopped}" in output
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step{stopped:08d}"
+    assert "torchrun --nnodes=1 --nproc_per_node=2" in script.read_text()
+    # 0.2 h minus the 10 min margin: the time "ran out", the run is not finished -> requeued
+    assert (tmp_path / "scontrol").read_text().split() == ["requeue", "777"]
+    assert f"requeueing at step {stopped}" in output
