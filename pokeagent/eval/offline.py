@@ -269,11 +269,12 @@ def evaluate(
         "by_turn": _Sums(TURN_BUCKETS),
         "calibration": _Sums(tuple(f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10))),
     }
-    trajectories = [0]
+    trajectories = 0
 
     def counted(stream: Iterable[dict]) -> Iterator[dict]:
+        nonlocal trajectories
         for sample in stream:
-            trajectories[0] += 1
+            trajectories += 1
             yield sample
 
     was_training = net.training
@@ -304,7 +305,7 @@ def evaluate(
 
     overall = _summary(groups["overall"].row(0), value_weight)
     metrics: dict = {
-        "trajectories": trajectories[0],
+        "trajectories": trajectories,
         "window": window,
         "windowing": f"non-overlapping chunks of {window} decisions from each trajectory's start",
         "value_weight": value_weight,
