@@ -242,7 +242,7 @@ def _fake_slurm(tmp_path: Path) -> dict:
     bin_dir.mkdir()
     scripts = {
         "sbatch": f'cp "${{@: -1}}" {tmp_path}/submitted.sh; echo "$@" > {tmp_path}/sbatch-args; echo 4242',
-        "sinfo": 'echo "cpu* (null)"; echo "a100 gpu:a100:4"',
+        "sinfo": 'case "$*" in *%c*) echo 64;; *) echo "cpu* (null)"; echo "a100 gpu:a100:4";; esac',
         "sacctmgr": 'case "$*" in *defaultaccount*) echo "rl-team";; '
         '*) echo "rl-team|normal,high|normal"; echo "other||";; esac',
     }
@@ -268,6 +268,8 @@ def test_submission_detects_partition_account_qos(tmp_path):
     assert script == (run_dir / "job.sbatch").read_text()
     assert _sbatch(script, "partition") == "a100"  # the partition with GPUs, not the default
     assert _sbatch(script, "account") == "rl-team" and _sbatch(script, "qos") == "normal"
+    # 64 cores / 4 GPUs - 2 = 14 loader workers per GPU, kept in 2-4
+    assert "--workers-per-gpu 4" in script and _sbatch(script, "cpus-per-task") == "24"
     refused = subprocess.run(
         [str(REPO / "launch" / "train.sh"), "1", "4", "6", "--partition", "nope", "--dry-run"],
         env=env, capture_output=True, text=True,
@@ -294,6 +296,12 @@ def test_without_slurm_several_nodes_are_refused_and_a_missing_data_dir_named(tm
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 2 and "--data-dir" in out.stderr
+    out = subprocess.run(
+        [str(REPO / "launch" / "train.sh"), "1", "1", "1", "--data-dir", str(tmp_path / "shards"),
+         "--account", "rl"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--account is for SLURM" in out.stderr
 
 
 # ------------------------------------------------------------------------------ resume elsewhere

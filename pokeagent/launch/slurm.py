@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -38,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from pokeagent.launch.resources import NodeRequest, node_request
+from pokeagent.launch.resources import CPUS_PER_RANK, NodeRequest, node_request
 
 REPO = Path(__file__).resolve().parents[2]
 TIERS_DIR = REPO / "launch" / "tiers"
@@ -73,6 +74,9 @@ TIERS = {
     )
 }
 DEFAULT_DS_CONFIG = "zero2_bf16"
+DEFAULT_WORKERS = 2
+SLURM_ONLY = ("memory", "cpus_per_node", "exclusive", "partition", "account", "qos")
+"""Options that mean something only to SLURM: refused for a run on this machine."""
 
 
 @dataclass
@@ -94,7 +98,9 @@ class LaunchOptions:
     data_dir: str = "shards"
     max_samples: int | None = None
     min_elo: int | None = None
-    workers_per_gpu: int = 2
+    workers_per_gpu: int | None = None
+    """Loader workers per GPU; default: the partition's cores per GPU minus 2 (sinfo), kept in
+    2-4, else 2 (see `workers`)."""
     model: str = "large"
     ds_config: str | None = None
     """Default: the tier's (TIERS), zero2_bf16 for other shapes, cpu for a local run without CUDA."""
@@ -121,6 +127,10 @@ class LaunchOptions:
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    @property
+    def workers(self) -> int:
+        return self.workers_per_gpu if self.workers_per_gpu is not None else DEFAULT_WORKERS
 
     @property
     def grad_accum(self) -> int:
@@ -259,7 +269,7 @@ def check(opts: LaunchOptions) -> None:
         raise LaunchError(f"--min-elo must be >= 0, got {opts.min_elo}")
     if opts.max_requeues < 0:
         raise LaunchError(f"--max-requeues must be >= 0, got {opts.max_requeues}")
-    if not 1 <= opts.workers_per_gpu <= 8:
+    if opts.workers_per_gpu is not None and not 1 <= opts.workers_per_gpu <= 8:
         raise LaunchError(
             f"--workers-per-gpu must be 1-8 (2-4 is right), got {opts.workers_per_gpu}"
         )
@@ -318,7 +328,7 @@ def train_args(opts: LaunchOptions, ds_config: str | None = None) -> list[str]:
         "checkpoint-minutes": opts.checkpoint_minutes,
         "time-limit-hours": opts.time_limit_hours,
         "time-margin-minutes": opts.stop_margin_minutes,
-        "workers-per-gpu": opts.workers_per_gpu,
+        "workers-per-gpu": opts.workers,
         "seed": opts.seed,
         "eval-every": opts.eval_every,
         "max-samples": opts.max_samples,
@@ -417,6 +427,16 @@ def detect_cluster(opts: LaunchOptions) -> list[str]:
                 notes.append(f"partition: {opts.partition} (detected: has GPUs per sinfo)")
             else:
                 notes.append("partition: sinfo lists none with GPUs; SLURM's default applies")
+        if opts.workers_per_gpu is None and opts.partition:
+            cores = _query(["sinfo", "-h", "-p", opts.partition, "-o", "%c"])
+            counts = [int(c) for c in re.findall(r"\d+", cores or "")]
+            if counts:
+                per_gpu = min(counts) // opts.gpus_per_node - CPUS_PER_RANK
+                opts.workers_per_gpu = max(2, min(4, per_gpu))
+                notes.append(
+                    f"workers per GPU: {opts.workers_per_gpu} ({min(counts)} cores per node in "
+                    f"{opts.partition} / {opts.gpus_per_node} GPUs - {CPUS_PER_RANK}, kept in 2-4)"
+                )
     accounts = _query(
         ["sacctmgr", "-nP", "show", "assoc", f"user={user}", "format=account,qos,defaultqos"]
     )
@@ -460,7 +480,7 @@ def request(opts: LaunchOptions) -> NodeRequest:
     return node_request(
         opts.model,
         opts.gpus_per_node,
-        opts.workers_per_gpu,
+        opts.workers,
         opts.world_size,
         offload,
         cpus=opts.cpus_per_node,
@@ -604,6 +624,13 @@ def main(argv: list[str]) -> int:
         opts = options_from_args(argv)
         command = "launch/train.sh " + " ".join(shlex.quote(a) for a in argv)
         slurm = shutil.which("sbatch") is not None
+        if not slurm and not opts.dry_run:
+            for name in SLURM_ONLY:
+                if getattr(opts, name):
+                    raise LaunchError(
+                        f"--{name.replace('_', '-')} is for SLURM, and there is no sbatch here: "
+                        "drop it to run on this machine, or use --dry-run to see the sbatch script"
+                    )
         notes = detect_cluster(opts) if slurm or opts.dry_run else []
         facts = resolved(opts)
         script = render_sbatch(opts, command)
@@ -620,6 +647,7 @@ def main(argv: list[str]) -> int:
         "grad_accum": opts.grad_accum,
         "peak_lr": facts["peak_lr"],
         "ds_config": opts.resolved_ds_config,
+        "workers_per_gpu": opts.workers,
         "run_dir": str(run_dir),
         "time_limit": _time(opts.time_limit_hours),
         "signal_margin_s": int(opts.stop_margin_minutes * 60),
