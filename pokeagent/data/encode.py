@@ -325,13 +325,11 @@ def _opponent_row(
     _mon_features(features, mon, False, False)
 
 
-def _globals(state: BattleState, own_side, opp_side, own_team_size: int, kind: int) -> np.ndarray:
-    glob = np.zeros(N_GLOBAL_FEATURES, dtype=np.float32)
-    glob[_KIND_COLUMN[kind]] = 1.0
+def _globals_body(glob: np.ndarray, state: BattleState, own_side, opp_side, own_team_size: int):
+    """Write the globals except decision kind and turn into a zeroed row."""
     column = _GEN_COLUMN.get(state.gen)
     if column is not None:
         glob[column] = 1.0
-    glob[_TURN] = state.turn / 100.0
     field = state.field
     if field.weather:
         column = _WEATHER_COLUMN.get(_normalised(field.weather))
@@ -359,7 +357,6 @@ def _globals(state: BattleState, own_side, opp_side, own_team_size: int, kind: i
     opp_fainted = sum(1 for m in opp_side.pokemon if m.fainted)
     glob[_OWN_LEFT] = (own_team_size - own_fainted) / A.N_TEAM
     glob[_OPP_LEFT] = (opp_side.team_size - opp_fainted) / A.N_TEAM
-    return glob
 
 
 def encode(state: BattleState, side: str, hindsight, kind: int = A.TURN) -> dict[str, np.ndarray]:
@@ -389,21 +386,28 @@ def encode(state: BattleState, side: str, hindsight, kind: int = A.TURN) -> dict
     for offset in range(len(opp_revealed), min(opp_side.team_size, A.N_TEAM)):
         _unknown_row(tokens[A.N_TEAM + offset], features[A.N_TEAM + offset], own=False)
 
-    glob = _globals(state, own_side, opp_side, hindsight.team_size[side], kind)
+    glob = np.zeros(N_GLOBAL_FEATURES, dtype=np.float32)
+    glob[_KIND_COLUMN[kind]] = 1.0
+    glob[_TURN] = state.turn / 100.0
+    _globals_body(glob, state, own_side, opp_side, hindsight.team_size[side])
     return {"tokens": tokens, "features": features, "globals": glob}
 
 
 class IncrementalEncoder:
     """`encode`, decision after decision on one battle: the same arrays, faster.
 
-    It keeps each side's arrays from its previous call and rebuilds only the rows whose Pokémon
-    changed since: `BattleState` bumps `PokemonState.version` for every Pokémon a message
-    touches and `SideState.version` when a side's list of Pokémon changes. So the state must be
-    updated only through `BattleState.apply` (as the parser and a live agent do). A new state or
-    a new hindsight object starts over; build a new `Hindsight` rather than editing one in place.
+    Each side keeps a pool of encoded rows, one per (Pokémon, version) it has shown, and a
+    decision is a list of pool rows plus its globals: only what changed since the previous
+    decision is encoded. `BattleState` bumps `PokemonState.version` for every Pokémon a message
+    touches, `SideState.version` when a side's list of Pokémon changes and `BattleState.version`
+    when what the globals read changes; so the state must be updated only through
+    `BattleState.apply` (as the parser and a live agent do). A new state or hindsight object
+    starts over: build a new `Hindsight` rather than editing one in place.
 
     Live play: `encoder = IncrementalEncoder()` per battle, then `encoder(state, side,
-    hindsight, kind)` wherever `encode(state, side, hindsight, kind)` would be called.
+    hindsight, kind)` wherever `encode(state, side, hindsight, kind)` would be called. The
+    parser calls `add` at each decision and `observations` once at the end, which builds every
+    decision's arrays with a few whole-trajectory numpy operations.
     """
 
     def __init__(self) -> None:
@@ -412,14 +416,33 @@ class IncrementalEncoder:
     def __call__(
         self, state: BattleState, side: str, hindsight, kind: int = A.TURN
     ) -> dict[str, np.ndarray]:
+        encoder = self._side(state, side, hindsight)
+        return encoder.take(encoder.add(kind))
+
+    def add(self, state: BattleState, side: str, hindsight, kind: int = A.TURN) -> None:
+        """Record `side`'s view now; its arrays come later from `observations(side)`."""
+        self._side(state, side, hindsight).add(kind)
+
+    def observations(self, side: str) -> list[dict[str, np.ndarray]]:
+        """The arrays of every view of `side` recorded with `add`, in order (views into one
+        [T, ...] array per key)."""
+        encoder = self._sides.get(side)
+        return encoder.observations() if encoder is not None else []
+
+    def _side(self, state: BattleState, side: str, hindsight) -> _SideEncoder:
         encoder = self._sides.get(side)
         if encoder is None or encoder.state is not state or encoder.hindsight is not hindsight:
             encoder = self._sides[side] = _SideEncoder(state, side, hindsight)
-        return encoder.encode(kind)
+        return encoder
 
 
 class _SideEncoder:
-    """One side's view of one battle; rows cached by (Pokémon object, Pokémon version)."""
+    """One side's view of one battle.
+
+    `tokens`/`features` are pools of entity rows: row 0 is padding, the others are written once
+    and never change. `current[r]` is the pool row that entity row r shows now; `row_mon[r]`
+    and `row_version[r]` say which Pokémon (and version) it was made from.
+    """
 
     def __init__(self, state: BattleState, side: str, hindsight) -> None:
         self.dex = _lookups()
@@ -427,27 +450,48 @@ class _SideEncoder:
         other = "p2" if side == "p1" else "p1"
         self.own_side, self.opp_side = state.sides[side], state.sides[other]
         self.own_team_size = hindsight.team_size[side]
-        self.tokens = np.zeros((N_ENTITIES, N_TOKEN_FIELDS), dtype=np.int32)
-        self.features = np.zeros((N_ENTITIES, N_MON_FEATURES), dtype=np.float32)
+        self.tokens = np.zeros((64, N_TOKEN_FIELDS), dtype=np.int32)
+        self.features = np.zeros((64, N_MON_FEATURES), dtype=np.float32)
+        self.size = 1
+        self.own_unknown = self._row()
+        _unknown_row(self.tokens[self.own_unknown], self.features[self.own_unknown], own=True)
+        self.opp_unknown = self._row()
+        _unknown_row(self.tokens[self.opp_unknown], self.features[self.opp_unknown], own=False)
+        self.current = [0] * N_ENTITIES
         members = hindsight.team[side]
         # Own rows with a member: (row, member, move tokens); the rest never change.
         self.members = []
         for row in range(min(self.own_team_size, A.N_TEAM)):
             if row >= len(members):
-                _unknown_row(self.tokens[row], self.features[row], own=True)
+                self.current[row] = self.own_unknown
             else:
                 member = members[row]
                 self.members.append((row, member, _own_moves(self.dex, member)))
         self.own_list_version = -1
         self.lives: list[PokemonState | None] = []
-        # Per row: the Pokémon the row shows (None: no Pokémon) and its version when written.
-        self.row_mon: list[object] = [_UNSET] * A.N_TEAM + [_PAD_ROW] * A.N_TEAM
+        self.row_mon: list[object] = [_UNSET] * N_ENTITIES
         self.row_version = [-1] * N_ENTITIES
         self.opp_list_version = -1
         self.opp_rows: list[tuple[int, PokemonState]] = []
+        # Globals without kind and turn, one row per state version seen.
+        self.bodies = np.zeros((16, N_GLOBAL_FEATURES), dtype=np.float32)
+        self.n_bodies = 0
+        self.body_version = -1
+        # Per recorded view: pool rows, globals row, kind column, turn.
+        self.views: list[tuple[int, ...]] = []
+        self.view_bodies: list[int] = []
+        self.view_kinds: list[int] = []
+        self.view_turns: list[float] = []
 
-    def encode(self, kind: int) -> dict[str, np.ndarray]:
-        dex, tokens, features = self.dex, self.tokens, self.features
+    def _row(self) -> int:
+        if self.size == len(self.tokens):
+            self.tokens = np.concatenate([self.tokens, np.zeros_like(self.tokens)])
+            self.features = np.concatenate([self.features, np.zeros_like(self.features)])
+        self.size += 1
+        return self.size - 1
+
+    def add(self, kind: int) -> int:
+        dex, current = self.dex, self.current
         row_mon, row_version = self.row_mon, self.row_version
         own_side, opp_side = self.own_side, self.opp_side
         if own_side.version != self.own_list_version:
@@ -458,9 +502,9 @@ class _SideEncoder:
         for (row, member, moves), live in zip(self.members, self.lives, strict=True):
             if live is row_mon[row] and (live is None or live.version == row_version[row]):
                 continue
-            tokens[row] = 0
-            features[row] = 0.0
-            _own_row(tokens[row], features[row], dex, member, moves, live)
+            index = self._row()
+            _own_row(self.tokens[index], self.features[index], dex, member, moves, live)
+            current[row] = index
             row_mon[row] = live
             row_version[row] = live.version if live is not None else -1
 
@@ -470,26 +514,51 @@ class _SideEncoder:
             unknown = min(opp_side.team_size, A.N_TEAM)
             for offset in range(len(revealed), A.N_TEAM):
                 row = A.N_TEAM + offset
-                marker = _UNKNOWN_ROW if offset < unknown else _PAD_ROW
-                if row_mon[row] is not marker:
-                    tokens[row] = 0
-                    features[row] = 0.0
-                    if marker is _UNKNOWN_ROW:
-                        _unknown_row(tokens[row], features[row], own=False)
-                    row_mon[row] = marker
+                current[row] = self.opp_unknown if offset < unknown else 0
+                row_mon[row] = _UNSET
             self.opp_rows = [(A.N_TEAM + o, mon) for o, mon in enumerate(revealed)]
         for row, mon in self.opp_rows:
             if mon is row_mon[row] and mon.version == row_version[row]:
                 continue
-            tokens[row] = 0
-            features[row] = 0.0
-            _opponent_row(tokens[row], features[row], dex, mon)
+            index = self._row()
+            _opponent_row(self.tokens[index], self.features[index], dex, mon)
+            current[row] = index
             row_mon[row] = mon
             row_version[row] = mon.version
 
-        glob = _globals(self.state, own_side, opp_side, self.own_team_size, kind)
-        return {"tokens": tokens.copy(), "features": features.copy(), "globals": glob}
+        state = self.state
+        if state.version != self.body_version or not self.n_bodies:
+            self.body_version = state.version
+            if self.n_bodies == len(self.bodies):
+                self.bodies = np.concatenate([self.bodies, np.zeros_like(self.bodies)])
+            _globals_body(self.bodies[self.n_bodies], state, own_side, opp_side, self.own_team_size)
+            self.n_bodies += 1
+        self.views.append(tuple(current))
+        self.view_bodies.append(self.n_bodies - 1)
+        self.view_kinds.append(_KIND_COLUMN[kind])
+        self.view_turns.append(state.turn / 100.0)
+        return len(self.views) - 1
+
+    def take(self, view: int) -> dict[str, np.ndarray]:
+        rows = list(self.views[view])
+        glob = self.bodies[self.view_bodies[view]].copy()
+        glob[self.view_kinds[view]] = 1.0
+        glob[_TURN] = self.view_turns[view]
+        return {"tokens": self.tokens[rows], "features": self.features[rows], "globals": glob}
+
+    def observations(self) -> list[dict[str, np.ndarray]]:
+        if not self.views:
+            return []
+        rows = np.array(self.views, dtype=np.intp)
+        tokens, features = self.tokens[rows], self.features[rows]
+        glob = self.bodies[self.view_bodies]
+        glob[np.arange(len(rows)), self.view_kinds] = 1.0
+        glob[:, _TURN] = self.view_turns
+        return [
+            {"tokens": tokens[t], "features": features[t], "globals": glob[t]}
+            for t in range(len(rows))
+        ]
 
 
-# Row markers for rows that show no Pokémon object.
-_UNSET, _UNKNOWN_ROW, _PAD_ROW = object(), object(), object()
+# Row marker: nothing written yet, or a row that shows no Pokémon object.
+_UNSET = object()

@@ -211,9 +211,9 @@ class _Reconstruction:
         self.gen = gen
         self.banned_gimmicks = banned_gimmicks
         self.dex = Dex.load()
-        if encoder is encode:
-            # The same arrays, rebuilding only what changed since the side's previous decision.
-            encoder = IncrementalEncoder()
+        # `encode` itself: the same arrays from the incremental encoder, which encodes only what
+        # changed since the side's previous decision and builds them all at the end.
+        self.incremental = IncrementalEncoder() if encoder is encode else None
         self.encoder = encoder
         self.state = BattleState()
         self.decisions: dict[str, list[Decision]] = {s: [] for s in SIDES}
@@ -232,7 +232,9 @@ class _Reconstruction:
         decision = Decision(
             turn=self.state.turn, kind=kind, legal=legal, line=self.line_no, active_slot=slot
         )
-        if self.encoder is not None:
+        if self.incremental is not None:
+            self.incremental.add(self.state, side, self.hind, kind)
+        elif self.encoder is not None:
             decision.obs = self.encoder(self.state, side, self.hind, kind)
         self.decisions[side].append(decision)
         return decision
@@ -357,6 +359,11 @@ class _Reconstruction:
             state.apply(msg)
             if kind == "turn":
                 self._open_turn()
+        if self.incremental is not None:
+            for side in SIDES:
+                observations = self.incremental.observations(side)
+                for decision, obs in zip(self.decisions[side], observations, strict=True):
+                    decision.obs = obs
         return self.decisions
 
     def _open_turn(self) -> None:

@@ -300,6 +300,9 @@ class BattleState:
         self.ended = False
         self.winner: str | None = None
         self.unknown_kinds: Counter[str] = Counter()
+        self.version = 0
+        """Bumped whenever the generation, the field, a side's conditions, gimmicks used, team
+        size or number of fainted Pokémon may have changed (what the encoder's globals read)."""
 
     # ------------------------------------------------------------------ lookups
     def mon(self, ref_text: str) -> PokemonState | None:
@@ -366,6 +369,8 @@ class BattleState:
         handler = _HANDLERS.get(msg.kind)
         if handler is not None:
             handler(self, msg)
+            if msg.kind in _GLOBAL_KINDS:
+                self.version += 1
         elif msg.kind not in KNOWN_IGNORED:
             self.unknown_kinds[msg.kind] += 1
 
@@ -494,6 +499,8 @@ class BattleState:
         hp, fainted, status = parse_hp_status(msg.arg(1))
         if hp is not None:
             mon.hp = hp
+            if mon.fainted != fainted:
+                self.version += 1
             mon.fainted = fainted
         if status is not None:
             mon.status = status
@@ -857,5 +864,28 @@ _HANDLERS = {
     "-sideend": BattleState._sideend,
     "-swapsideconditions": BattleState._swapsideconditions,
 }
+_GLOBAL_KINDS = frozenset(
+    {
+        "gen",
+        "teamsize",
+        "poke",
+        "clearpoke",
+        "switch",
+        "drag",
+        "replace",
+        "faint",
+        "-start",
+        "-terastallize",
+        "-mega",
+        "-zpower",
+        "-weather",
+        "-fieldstart",
+        "-fieldend",
+        "-sidestart",
+        "-sideend",
+        "-swapsideconditions",
+    }
+)
+"""Kinds whose handlers may change what `BattleState.version` covers (plus fainting by HP)."""
 BATTLE_STATE_KINDS = frozenset(_HANDLERS)
 """The message kinds `BattleState.apply` reads (every other kind leaves the state as it is)."""
