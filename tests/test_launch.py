@@ -452,9 +452,11 @@ def test_max_samples_stops_the_run_and_min_elo_filters_the_data(shards, tmp_path
     assert "all filtered out" in filtered.stderr
 
 
-def test_the_sbatch_script_runs_stops_on_usr1_and_requeues(shards, tmp_path):
-    """The rendered script under stand-in srun/scontrol: torchrun per node, 2 ranks on CPU; USR1
-    to every process of the step (as SLURM's --signal) -> checkpoint, exit 0, requeue."""
+@pytest.mark.parametrize("wiring", ["srun", "srun-deepspeed"])
+def test_the_sbatch_script_runs_stops_on_usr1_and_requeues(shards, tmp_path, wiring):
+    """The rendered script under stand-in srun/scontrol: one launcher per node (torchrun, or
+    deepspeed --no_ssh), 2 ranks on CPU; USR1 to every process of the step (as SLURM's --signal)
+    -> checkpoint, exit 0, requeue."""
     import signal
     import time
 
@@ -474,7 +476,7 @@ def test_the_sbatch_script_runs_stops_on_usr1_and_requeues(shards, tmp_path):
     opts = slurm.options_from_args(
         ["1", "2", "0.2", "4", "--data-dir", str(shards),
          "--model", "tiny", "--ds-config", "cpu", "--max-steps", "100000", "--workers-per-gpu", "1",
-         "--run-dir", str(run_dir), "--dry-run"]
+         "--run-dir", str(run_dir), "--wiring", wiring, "--dry-run"]
     )  # fmt: skip
     script = tmp_path / "job.sbatch"
     script.write_text(slurm.render_sbatch(opts, "test"))
@@ -498,7 +500,9 @@ def test_the_sbatch_script_runs_stops_on_usr1_and_requeues(shards, tmp_path):
     stopped = max(row["step"] for row in _rows(run_dir))
     assert f"stopped cleanly at step {stopped}" in output
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step{stopped:08d}"
-    assert "torchrun --nnodes=1 --nproc_per_node=2" in script.read_text()
+    assert len(list((run_dir / "checkpoints" / f"step{stopped:08d}").glob("rank*.pt"))) == 2
+    launcher = "torchrun --nnodes=1" if wiring == "srun" else "deepspeed --no_ssh --node_rank"
+    assert launcher in script.read_text()
     # 0.2 h minus the 10 min margin: the time "ran out", the run is not finished -> requeued
     assert (tmp_path / "scontrol").read_text().split() == ["requeue", "777"]
     assert f"requeueing at step {stopped}" in output
