@@ -106,6 +106,12 @@ class Trainer:
 
         self.cfg = cfg
         _ensure_distributed_env()
+        accelerator = get_accelerator()
+        if accelerator.device_name() != "cpu":
+            # One GPU per rank of the node, before anything touches one: the engine would set it
+            # only in deepspeed.initialize, after self.device (the batches' device) is taken below,
+            # and NCCL's first collective picks the current device.
+            accelerator.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         deepspeed.init_distributed()
         self.dist = dist
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -113,7 +119,6 @@ class Trainer:
         self.ckpt_dir = self.run_dir / CHECKPOINTS
         if self.rank == 0:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        accelerator = get_accelerator()
         self.device = (
             torch.device(accelerator.device_name(), accelerator.current_device())
             if accelerator.device_name() != "cpu"
