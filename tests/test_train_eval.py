@@ -236,3 +236,32 @@ def test_eval_battles_run_beside_training_and_reach_tensorboard(shards, tmp_path
         timeout=120,
     )
     assert f"battles at step 6: vs random {rates[6]['random']:.2f}" in status.stdout
+
+
+def test_two_ranks_zero3_validate_without_changing_training(shards, tmp_path):
+    """ZeRO-3 partitions the weights: every rank takes part in each validation forward (rank 0
+    alone would hang). Training losses are those of a run without validation; rank 0 alone writes."""
+    from pokeagent.train.ds_config import DS_CONFIG_DIR
+
+    config = json.loads((DS_CONFIG_DIR / "zero3_bf16.json").read_text())
+    config["optimizer"]["params"]["torch_adam"] = True  # no JIT-built Adam on CPU
+    (tmp_path / "zero3.json").write_text(json.dumps(config))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    launch = [*torchrun, "2", "-m", "pokeagent.train", "--ds-config", str(tmp_path / "zero3.json")]
+    common = ["--test-mode", "--data-dir", str(shards), "--max-steps", "6", "--log-every", "3"]
+    for name, extra in (("plain", []), ("eval", ["--eval-every", "3", "--eval-samples", "6"])):
+        run = subprocess.run(
+            [*launch, *common, "--workers-per-gpu", "0", "--run-dir", str(tmp_path / name), *extra],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    records = _records(tmp_path / "eval")
+    assert [r["step"] for r in records if r.get("val")] == [3, 6]
+    steps = [r for r in records if not r.get("val")]
+    plain = _records(tmp_path / "plain")
+    assert [r["step"] for r in steps] == [r["step"] for r in plain] == list(range(1, 7))
+    for row, reference in zip(steps, plain, strict=True):
+        assert row["loss"] == pytest.approx(reference["loss"], rel=1e-6, abs=1e-6), row
