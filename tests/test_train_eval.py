@@ -265,3 +265,18 @@ def test_two_ranks_zero3_validate_without_changing_training(shards, tmp_path):
     assert [r["step"] for r in steps] == [r["step"] for r in plain] == list(range(1, 7))
     for row, reference in zip(steps, plain, strict=True):
         assert row["loss"] == pytest.approx(reference["loss"], rel=1e-6, abs=1e-6), row
+
+
+def test_resumed_run_recovers_the_best_validation_loss(shards, tmp_path):
+    from pokeagent.train.validation import Validation
+
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "step00000004").mkdir(parents=True)
+    (ckpt / "best").write_text("step00000004")
+    rows = [{"val": True, "step": 2, "loss": 3.0}, {"val": True, "step": 4, "loss": 2.5}]
+    rows += [{"step": 4, "loss": 1.0}, {"val": True, "step": 6, "loss": 2.75}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"st')
+    validation = Validation(str(shards), samples=4, window=32, batch_size=8, value_weight=0.5)
+    assert len(validation.subset) == 4
+    validation.recover_best(tmp_path, ckpt)
+    assert validation.best_loss == 2.5  # the val record of the step `best` names
