@@ -396,14 +396,15 @@ class Trainer:
         self.stop_requested = True
 
     def _agree(self, checkpoint_due: bool, stop: bool) -> tuple[bool, bool]:
-        flags = torch.tensor([float(checkpoint_due), float(stop)])
+        # On the rank's device: a NCCL process group has no CPU backend (gloo on CPU runs).
+        flags = torch.tensor([float(checkpoint_due), float(stop)], device=self.device)
         self.dist.all_reduce(flags, op=self.dist.ReduceOp.MAX)
         return bool(flags[0]), bool(flags[1])
 
     def _log(self, step: int, window: dict[str, float], seconds: float, waited: float) -> None:
         """Sum the interval's counters over ranks (a collective on every rank), write on rank 0."""
         keys = sorted(window)
-        totals = torch.tensor([window[k] for k in keys], dtype=torch.float64)
+        totals = torch.tensor([window[k] for k in keys], dtype=torch.float64, device=self.device)
         self.dist.all_reduce(totals)
         sums = dict(zip(keys, totals.tolist(), strict=True))
         if self.rank != 0:
