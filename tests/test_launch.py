@@ -139,6 +139,8 @@ def test_each_tier_dry_run(capsys, nodes, global_batch, ds_config):
     assert (cfg.ds_config, cfg.batch_size_per_gpu, cfg.model) == (ds_config, 256, "large")
     assert cfg.run_dir == f"runs/large-{nodes * 4}gpu" and cfg.time_limit_hours == 6.0
     assert cfg.max_steps == 200_000 and cfg.learning_rate == 3e-4 and cfg.checkpoint_minutes == 15
+    preflight = next(line for line in script.splitlines() if "pokeagent validate" in line)
+    assert f"--nodes {nodes} --gpus-per-node 4" in preflight and preflight.endswith("|| exit 1")
     # Checked by the trainer's own batch arithmetic (ds_config.py).
     assert plan["peak_lr"] == pytest.approx(3e-4 * (global_batch / 256) ** 0.5)
 
@@ -506,3 +508,29 @@ def test_the_sbatch_script_runs_stops_on_usr1_and_requeues(shards, tmp_path, wir
     # 0.2 h minus the 10 min margin: the time "ran out", the run is not finished -> requeued
     assert (tmp_path / "scontrol").read_text().split() == ["requeue", "777"]
     assert f"requeueing at step {stopped}" in output
+    assert "ready" in output and "NOT ready" not in output  # the pre-flight validation passed
+
+
+def test_a_failed_preflight_ends_the_job_before_the_launch(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f"#!/bin/bash\ntouch {tmp_path}/srun-ran\n")
+    (bin_dir / "srun").chmod(0o755)
+    opts = slurm.options_from_args(
+        ["1", "2", "1", "4", "--data-dir", str(tmp_path / "missing"), "--model", "tiny",
+         "--ds-config", "cpu", "--run-dir", str(tmp_path / "run"), "--dry-run"]
+    )  # fmt: skip
+    script = tmp_path / "job.sbatch"
+    script.write_text(slurm.render_sbatch(opts, "test"))
+    env = _train_env() | {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "779",
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_SUBMIT_DIR": str(REPO),
+    }
+    job = subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert job.returncode == 1
+    assert "no such directory" in job.stdout and "NOT ready" in job.stdout
+    assert not (tmp_path / "srun-ran").exists()

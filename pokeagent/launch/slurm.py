@@ -122,6 +122,8 @@ class LaunchOptions:
     test_mode: bool = False
     mock_data: bool = False
     dry_run: bool = False
+    no_validate: bool = False
+    """Skip the job's pre-flight `pokeagent validate` on its first node."""
     seed: int | None = None
 
     @property
@@ -204,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--test-mode", "a few steps of the tiny model"),
         ("--mock-data", "shards packed on the fly from simulator battles"),
         ("--dry-run", "print the sbatch script and launch command, run nothing"),
+        ("--no-validate", "skip the job's pre-flight `pokeagent validate` on its first node"),
     ):
         add(flag, action="store_true", default=None, help=text)
     return parser
@@ -343,6 +346,21 @@ def train_args(opts: LaunchOptions, ds_config: str | None = None) -> list[str]:
 
 class _Shell(str):
     """A word of the template that the script's shell expands (`"--x=$VAR"`), unlike user values."""
+
+
+def validate_args(opts: LaunchOptions) -> list[str]:
+    """`pokeagent validate` options that check what this launch will run."""
+    values = {
+        "data-dir": opts.data_dir,
+        "run-dir": opts.resolved_run_dir,
+        "model": opts.model,
+        "ds-config": opts.resolved_ds_config,
+        "batch-size-per-gpu": opts.batch_size_per_gpu,
+        "grad-accum": opts.grad_accum,
+        "nodes": opts.nodes,
+        "gpus-per-node": opts.gpus_per_node,
+    }
+    return [item for k, v in values.items() for item in (f"--{k}", str(v))]
 
 
 def _join(words: list[str]) -> str:
@@ -540,6 +558,11 @@ def render_sbatch(opts: LaunchOptions, command: str) -> str:
         'master $MASTER_ADDR:$MASTER_PORT"',
         'echo "watch: tensorboard --logdir $RUN_DIR/tb ; tail -f $RUN_DIR/slurm-$SLURM_JOB_ID.out"',
     ]
+    if not opts.no_validate and not opts.mock_data:
+        body += [
+            "# Pre-flight on the first node, before any GPU hour is spent (--no-validate skips it).",
+            _join(["python", "-m", "pokeagent", "validate", *validate_args(opts)]) + " || exit 1",
+        ]
     launch = _join(node_launch_words(opts))
     if opts.wiring != "srun":
         body += [
