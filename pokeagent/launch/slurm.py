@@ -11,7 +11,7 @@ script: `#SBATCH` resources sized from the preset and the loader workers (the sc
 `--requeue` plus a requeue when the time ran out (the trainer resumes from `checkpoints/latest`),
 the log at `RUN_DIR/slurm-JOBID.out`, TensorBoard in `RUN_DIR/tb`.
 
-Two wirings (`--wiring`):
+Three wirings (`--wiring`):
 - `srun` (default, no ssh between nodes needed): one launcher per node through `srun`, torchrun
   with a c10d rendezvous on the first node. SLURM signals every process of the step; the
   per-node launcher ignores USR1 so that only the ranks act on it (they save and exit 0, and the
@@ -507,7 +507,7 @@ def request(opts: LaunchOptions) -> NodeRequest:
 
 
 def render_sbatch(opts: LaunchOptions, command: str) -> str:
-    """The sbatch script for this launch (one template for every tier and both wirings)."""
+    """The sbatch script for this launch (one template for every tier and wiring)."""
     need = request(opts)
     facts = resolved(opts)
     run_dir = opts.resolved_run_dir
