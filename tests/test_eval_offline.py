@@ -11,17 +11,13 @@ import torch
 from conftest import write_simulated_replays
 
 from pokeagent.data.encode import schema
-from pokeagent.data.loader import _window, collate
+from pokeagent.data.heldout import read_trajectories, shard_paths
+from pokeagent.data.loader import collate, cut_window
 from pokeagent.data.pack import PackConfig, pack
-from pokeagent.eval.offline import (
-    OfflineEvalConfig,
-    evaluate,
-    read_trajectories,
-    run_offline_eval,
-    shard_paths,
-)
+from pokeagent.eval.offline import OfflineEvalConfig, run_offline_eval
 from pokeagent.model.config import preset
 from pokeagent.model.loss import compute_loss
+from pokeagent.model.metrics import evaluate
 from pokeagent.model.network import PokeAgentNet
 from pokeagent.showdown.actions import KIND_NAMES
 
@@ -73,7 +69,7 @@ def _direct(net, samples, keep=None) -> dict[str, float]:
     with torch.no_grad():
         for sample in samples:
             for start in range(0, len(sample["action"]), WINDOW):
-                batch = collate([_window(sample, start, WINDOW)], [sample["info"]])
+                batch = collate([cut_window(sample, start, WINDOW)], [sample["info"]])
                 if keep is not None:
                     batch["mask"] = batch["mask"] & keep(batch)
                 logits, value = net(batch)

@@ -124,7 +124,9 @@ def resplit_state(states: list[dict], rank: int, world_size: int, workers: int, 
     }
 
 
-def _window(sample: dict, start: int, size: int) -> dict[str, np.ndarray]:
+def cut_window(sample: dict, start: int, size: int) -> dict[str, np.ndarray]:
+    """Decisions [start, start + size) of a trajectory, padded to `size` (padding's `action` is
+    -1, never a label); `mask` marks the real steps."""
     steps = len(sample["action"])
     end = min(steps, start + size)
     out = {}
@@ -263,7 +265,7 @@ class _WorkerStream:
                 _, sample = self.buffer.pop()
                 steps = len(sample["action"])
                 start = int(self.rng.integers(max(1, steps - cfg.window + 1)))
-                windows.append(_window(sample, start, cfg.window))
+                windows.append(cut_window(sample, start, cfg.window))
                 infos.append(sample["info"])
             batch = collate(windows, infos)
             batch[_CURSOR] = self.cursor()

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mock_data and not args.dry_run:
         cfg.data_dir = str(mock_shards(Path(cfg.run_dir), seed=cfg.seed))
     if cfg.eval_every and not args.dry_run:
-        from pokeagent.eval.offline import shard_paths
+        from pokeagent.data.heldout import shard_paths
 
         try:
             shard_paths(cfg.data_dir, "val")

@@ -474,7 +474,7 @@ class Trainer:
         all, and at lower stages they would only wait for rank 0. Rank 0 writes `val/` scalars and
         a `"val": true` record in metrics.jsonl; returns whether the loss is the best so far (rank
         0's verdict is the one used)."""
-        from pokeagent.eval.offline import scalars
+        from pokeagent.model.metrics import scalars
         from pokeagent.train.validation import record
 
         started = time.monotonic()

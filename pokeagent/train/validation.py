@@ -1,9 +1,10 @@
 """Validation during training (`--eval-every`, `--eval-battles`): what the trainer calls.
 
 - `Validation` evaluates the network on a fixed subset of the validation shards (`eval_samples`
-  trajectories spread evenly over the sorted `val-*.tar`, read once) with `pokeagent eval
-  offline`'s `evaluate`, so every figure is comparable with every other and with the CLI's. It
-  takes no random draws and does not touch the training loader; it restores the module's mode.
+  trajectories spread evenly over the sorted `val-*.tar`, read once) with
+  `pokeagent.model.metrics.evaluate`, the code `pokeagent eval offline` runs too, so every figure
+  is comparable with every other and with the CLI's. It takes no random draws and does not touch
+  the training loader; it restores the module's mode.
 - The best validation loss so far names a checkpoint in `checkpoints/best` (a tag, as `latest`);
   that checkpoint is exempt from the keep-last rotation.
 - `Battles` runs `pokeagent eval battles` on a checkpoint in a child process (rank 0 only),
@@ -59,7 +60,7 @@ class Validation:
     """The fixed validation subset and the best loss seen so far (recovered on resume)."""
 
     def __init__(self, data_dir: str, samples: int, window: int, batch_size: int, value_weight):
-        from pokeagent.eval.offline import read_trajectories, shard_paths
+        from pokeagent.data.heldout import read_trajectories, shard_paths
 
         self.subset = list(read_trajectories(shard_paths(data_dir, "val"), samples))
         self.window, self.batch_size, self.value_weight = window, batch_size, value_weight
@@ -76,7 +77,7 @@ class Validation:
             self.best_loss = losses[-1]
 
     def evaluate(self, net: nn.Module, device: torch.device) -> dict:
-        from pokeagent.eval.offline import evaluate
+        from pokeagent.model.metrics import evaluate
 
         # evaluate() draws no random numbers; fork_rng makes sure of it for the CPU generator,
         # which the training step's dropout reads.
