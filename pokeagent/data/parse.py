@@ -33,7 +33,6 @@ from pokeagent.showdown.dex import Dex
 from pokeagent.showdown.protocol import (
     Message,
     effect_name,
-    line_kind,
     parse_details,
     parse_line,
     parse_pokemon_ref,
@@ -44,6 +43,7 @@ PARSER_VERSION = 1
 """Bumped whenever labels, masks or decision points change meaning."""
 
 SIDES = ("p1", "p2")
+_MOVE_SLOTS = tuple(range(A.N_MOVES))
 EJECTING_ITEMS = frozenset({"Eject Button", "Eject Pack"})
 EJECTING_ABILITIES = frozenset({"Emergency Exit", "Wimp Out"})
 ILLUSION_SPECIES = ("Zoroark", "Zorua")
@@ -224,11 +224,21 @@ class _Reconstruction:
         self.in_turns = False
         self.pursuit_target: str | None = None
         self.gen1_frozen_or_asleep: set[str] = set()
+        self.slots: dict[tuple[str, str | None], int | None] = {}
 
     # --------------------------------------------------------------- decisions
+    def _slot(self, side: str, name: str | None) -> int | None:
+        """`hind.slot_of(side, name)`, memoised (the hindsight does not change in the walk)."""
+        key = (side, name)
+        try:
+            return self.slots[key]
+        except KeyError:
+            slot = self.slots[key] = self.hind.slot_of(side, name)
+            return slot
+
     def _open(self, side: str, kind: int, legal: np.ndarray) -> Decision:
         active = self.state.sides[side].active
-        slot = self.hind.slot_of(side, active.name) if active is not None else None
+        slot = self._slot(side, active.name) if active is not None else None
         decision = Decision(
             turn=self.state.turn, kind=kind, legal=legal, line=self.line_no, active_slot=slot
         )
@@ -251,38 +261,46 @@ class _Reconstruction:
         self.gimmick_now.pop(side, None)
 
     # --------------------------------------------------------------- legal masks
-    def _switch_mask(self, side: str, mask: np.ndarray) -> None:
+    def _switchable(self, side: str) -> list[int]:
+        """Switch actions open to `side`: members not known to be fainted or active."""
         members, size = self.hind.team[side], self.hind.team_size[side]
         live = self.state.sides[side]
+        actions = []
         for index in range(min(size, A.N_TEAM)):
             if index < len(members):
-                mon = live.find(members[index].name) if members[index].name else None
+                name = members[index].name
+                mon = live.find(name) if name else None
                 if mon is not None and (mon.fainted or mon.active):
                     continue
-            mask[A.switch_action(index)] = True
+            actions.append(A.SWITCH_BASE + index)
+        return actions
+
+    def _switch_mask(self, side: str, mask: np.ndarray) -> None:
+        mask[self._switchable(side)] = True
 
     def _turn_mask(self, side: str) -> np.ndarray:
-        mask = np.zeros(A.N_ACTIONS, dtype=bool)
         active = self.state.sides[side].active
-        slot = self.hind.slot_of(side, active.name) if active is not None else None
+        slot = self._slot(side, active.name) if active is not None else None
         moves = self.hind.team[side][slot].moves if slot is not None else []
-        usable = list(range(A.N_MOVES))
+        usable = _MOVE_SLOTS
         if moves and active is not None:
-            known = dict(enumerate(moves))
             locked = active.encored_move or (
                 active.last_move if _choice_locked(self.hind.team[side][slot].item) else None
             )
             if locked and locked in moves:
-                usable = [moves.index(locked)]
+                usable = (moves.index(locked),)
             elif active.disabled_move in moves:
-                usable = [i for i in usable if known.get(i) != active.disabled_move]
-        for index in usable:
-            mask[A.move_action(index)] = True
+                disabled = active.disabled_move
+                usable = tuple(i for i in usable if i >= len(moves) or moves[i] != disabled)
+        actions = [A.MOVE_BASE + index for index in usable]
         if self._gimmick_available(side, active, slot):
-            for index in usable:
-                mask[A.move_action(index, gimmick=True)] = True
-        if active is None or not ({"trapped", "partiallytrapped"} & active.volatiles):
-            self._switch_mask(side, mask)
+            actions += [A.GIMMICK_BASE + index for index in usable]
+        if active is None or not (
+            "trapped" in active.volatiles or "partiallytrapped" in active.volatiles
+        ):
+            actions += self._switchable(side)
+        mask = np.zeros(A.N_ACTIONS, dtype=bool)
+        mask[actions] = True
         return mask
 
     def _gimmick_available(self, side: str, active: PokemonState | None, slot: int | None) -> bool:
@@ -307,7 +325,7 @@ class _Reconstruction:
         points at the base move. Only a fully known moveset rules out an unrevealed match.
         """
         record = self.dex.move(move, self.gen)
-        slot = self.hind.slot_of(side, mon.name)
+        slot = self._slot(side, mon.name)
         if record is None or not (record["isZ"] or record["isMax"]) or slot is None:
             return None
         moves = self.hind.team[side][slot].moves
@@ -328,7 +346,7 @@ class _Reconstruction:
 
     # --------------------------------------------------------------- labels
     def _move_label(self, side: str, mon: PokemonState, move: str) -> tuple[int, dict | None]:
-        slot = self.hind.slot_of(side, mon.name)
+        slot = self._slot(side, mon.name)
         if slot is None:
             return A.UNKNOWN_ACTION, None
         moves = self.hind.team[side][slot].moves
@@ -570,6 +588,39 @@ class _Reconstruction:
         self.pending_forced.clear()
 
 
+_NOT_HINDSIGHT = frozenset(
+    {
+        "-damage",
+        "-heal",
+        "-sethp",
+        "-status",
+        "-curestatus",
+        "-cureteam",
+        "-boost",
+        "-unboost",
+        "-setboost",
+        "-clearboost",
+        "-clearallboost",
+        "-clearnegativeboost",
+        "-clearpositiveboost",
+        "-invertboost",
+        "-copyboost",
+        "-swapboost",
+        "faint",
+        "turn",
+        "-sidestart",
+        "-sideend",
+        "-swapsideconditions",
+        "-fieldend",
+        "-mustrecharge",
+        "-formechange",
+    }
+)
+"""Kinds whose BattleState handlers change nothing the hindsight or `_check_battle` reads (HP,
+status, boosts, field, side conditions, forme of the moment), except through a `[from]` tag
+that reveals an item or ability: the hindsight pass skips them when they have none."""
+
+
 def _handler_name(kind: str) -> str:
     return "_on_" + kind.replace("-", "_")
 
@@ -594,9 +645,14 @@ def _is_read(kind: str) -> bool:
 def _messages(log: str) -> list[tuple[int, Message]]:
     """(line index, message) for the lines some pass reads; the rest are never split."""
     numbered = []
+    read = _READ
     for index, line in enumerate(log.splitlines()):
-        kind = line_kind(line)
-        if kind is not None and (_READ.get(kind) or _is_read(kind)):
+        if line[:1] != "|":
+            continue
+        end = line.find("|", 1)
+        kind = line[1:end] if end > 0 else line[1:]  # most lines are never split
+        wanted = read.get(kind)
+        if wanted or (wanted is None and _is_read(kind)):
             numbered.append((index, parse_line(line)))
     return numbered
 
@@ -620,6 +676,8 @@ def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Traject
     msgs = [m for _, m in numbered]
     final = BattleState()
     for msg in msgs:
+        if msg.kind in _NOT_HINDSIGHT and "from" not in msg.tags:
+            continue
         final.apply(msg)
     _check_battle(msgs, final)
     hindsight = build_hindsight(final)

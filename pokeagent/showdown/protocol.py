@@ -49,14 +49,6 @@ def parse_line(line: str) -> Message | None:
     return Message(kind, args, tags, line)
 
 
-def line_kind(line: str) -> str | None:
-    """The kind of a protocol line without splitting it: `parse_line(line).kind`, or None."""
-    if not line.startswith("|") or len(line) < 2:
-        return None
-    end = line.find("|", 1)
-    return line[1:end] if end > 0 else line[1:]
-
-
 _CACHE_LIMIT = 100_000
 """Entries per parse cache: the same few thousand strings recur across battles (tags, Pokémon
 names); the caches are cleared when full, so a million-replay job stays small."""
@@ -125,6 +117,21 @@ class Details:
 
 def parse_details(text: str) -> Details:
     """Parse a details string (from |switch|, |poke|, |detailschange|, |replace|)."""
+    try:
+        return _DETAILS[text]
+    except KeyError:
+        pass
+    details = _parse_details(text)
+    if len(_DETAILS) >= _CACHE_LIMIT:
+        _DETAILS.clear()
+    _DETAILS[text] = details
+    return details
+
+
+_DETAILS: dict[str, Details] = {}
+
+
+def _parse_details(text: str) -> Details:
     parts = [p.strip() for p in text.split(",")]
     level, gender, shiny, tera = 100, "", False, None
     for part in parts[1:]:
@@ -145,6 +152,21 @@ def parse_hp_status(text: str) -> tuple[float | None, bool, str | None]:
     HP is a fraction of the maximum: spectator logs show percentages, player and omniscient logs
     exact HP; the fraction is the same quantity either way.
     """
+    try:
+        return _HP_STATUS[text]
+    except KeyError:
+        pass
+    value = _parse_hp_status(text)
+    if len(_HP_STATUS) >= _CACHE_LIMIT:
+        _HP_STATUS.clear()
+    _HP_STATUS[text] = value
+    return value
+
+
+_HP_STATUS: dict[str, tuple[float | None, bool, str | None]] = {}
+
+
+def _parse_hp_status(text: str) -> tuple[float | None, bool, str | None]:
     text = text.strip()
     if not text:
         return None, False, None
