@@ -217,14 +217,6 @@ _GIMMICK_COLUMN = {
     for prefix in ("own_", "opp_")
 }
 _UNKNOWN_TOKENS = (UNKNOWN,) * N_TOKEN_FIELDS
-_NORMALISED: dict[str, str] = {}
-
-
-def _normalised(name: str) -> str:
-    key = _NORMALISED.get(name)
-    if key is None:
-        key = _NORMALISED[name] = normalise(name)
-    return key
 
 
 def _mon_features(row: np.ndarray, mon: PokemonState, own: bool, choice_locked: bool) -> None:
@@ -262,44 +254,42 @@ def _own_moves(dex: _Lookups, member) -> tuple[int, ...]:
     return tuple(dex.move_index(moves[s]) if s < len(moves) else UNKNOWN for s in range(A.N_MOVES))
 
 
-def _own_row(
-    tokens: np.ndarray,
-    features: np.ndarray,
-    dex: _Lookups,
-    member,
-    moves: tuple[int, ...],
-    live: PokemonState | None,
-) -> None:
-    """Row of an own team member the hindsight lists; `tokens`/`features` rows are zeroed."""
+def _own_tokens(
+    dex: _Lookups, member, moves: tuple[int, ...], live: PokemonState | None
+) -> tuple[int, ...]:
+    """Token row of an own team member the hindsight lists (`moves`: its move tokens)."""
     if live is None:
-        tokens[:] = (
+        return (
             dex.species_index(member.species),
             _index(dex.ability_index, member.ability),
             _index(dex.item_index, member.item),
             *moves,
             _index(dex.type_index, member.tera_type),
         )
+    return (
+        dex.species_index(live.forme),
+        _index(dex.ability_index, live.ability or member.ability),
+        _index(dex.item_index, live.item if live.item is not None else member.item),
+        *moves,
+        _index(dex.type_index, live.tera_type or member.tera_type),
+    )
+
+
+def _own_features(features: np.ndarray, member, live: PokemonState | None) -> None:
+    """Feature row (zeroed) of an own team member the hindsight lists."""
+    if live is None:
         features[_PRESENT] = 1.0
         features[_OWN] = 1.0
         features[_HP] = 1.0
         return
-    item = live.item if live.item is not None else member.item
-    tokens[:] = (
-        dex.species_index(live.forme),
-        _index(dex.ability_index, live.ability or member.ability),
-        _index(dex.item_index, item),
-        *moves,
-        _index(dex.type_index, live.tera_type or member.tera_type),
-    )
     locked = bool(
         member.item and member.item.startswith("Choice ") and live.active and live.last_move
     )
     _mon_features(features, live, True, locked)
 
 
-def _unknown_row(tokens: np.ndarray, features: np.ndarray, own: bool) -> None:
-    """A team member the log never shows: exists, nothing known."""
-    tokens[:] = _UNKNOWN_TOKENS
+def _unknown_features(features: np.ndarray, own: bool) -> None:
+    """A team member the log never shows: exists, nothing known (tokens: all UNKNOWN)."""
     features[_PRESENT] = 1.0
     if own:
         features[_OWN] = 1.0
@@ -307,12 +297,10 @@ def _unknown_row(tokens: np.ndarray, features: np.ndarray, own: bool) -> None:
         features[_HP] = 1.0
 
 
-def _opponent_row(
-    tokens: np.ndarray, features: np.ndarray, dex: _Lookups, mon: PokemonState
-) -> None:
+def _opponent_tokens(dex: _Lookups, mon: PokemonState) -> tuple[int, ...]:
     moves = mon.moves
     n_moves = len(moves)
-    tokens[:] = (
+    return (
         dex.species_index(mon.forme),
         _index(dex.ability_index, mon.ability),
         _index(dex.item_index, mon.item),
@@ -322,7 +310,6 @@ def _opponent_row(
         dex.move_index(moves[3]) if n_moves > 3 else UNKNOWN,
         dex.type_index(mon.tera_type) if mon.terastallized and mon.tera_type else UNKNOWN,
     )
-    _mon_features(features, mon, False, False)
 
 
 def _globals_body(glob: np.ndarray, state: BattleState, own_side, opp_side, own_team_size: int):
@@ -332,11 +319,11 @@ def _globals_body(glob: np.ndarray, state: BattleState, own_side, opp_side, own_
         glob[column] = 1.0
     field = state.field
     if field.weather:
-        column = _WEATHER_COLUMN.get(_normalised(field.weather))
+        column = _WEATHER_COLUMN.get(normalise(field.weather))
         if column is not None:
             glob[column] = 1.0
     if field.terrain:
-        column = _TERRAIN_COLUMN.get(_normalised(field.terrain))
+        column = _TERRAIN_COLUMN.get(normalise(field.terrain))
         if column is not None:
             glob[column] = 1.0
     for pseudo in field.pseudo_weather:
@@ -374,17 +361,21 @@ def encode(state: BattleState, side: str, hindsight, kind: int = A.TURN) -> dict
     members = hindsight.team[side]
     for row in range(min(hindsight.team_size[side], A.N_TEAM)):
         if row >= len(members):
-            _unknown_row(tokens[row], features[row], own=True)
+            tokens[row] = _UNKNOWN_TOKENS
+            _unknown_features(features[row], own=True)
             continue
         member = members[row]
         live = own_side.find(member.name) if member.name else None
-        _own_row(tokens[row], features[row], dex, member, _own_moves(dex, member), live)
+        tokens[row] = _own_tokens(dex, member, _own_moves(dex, member), live)
+        _own_features(features[row], member, live)
 
     opp_revealed = opp_side.pokemon[: A.N_TEAM]
     for offset, mon in enumerate(opp_revealed):
-        _opponent_row(tokens[A.N_TEAM + offset], features[A.N_TEAM + offset], dex, mon)
+        tokens[A.N_TEAM + offset] = _opponent_tokens(dex, mon)
+        _mon_features(features[A.N_TEAM + offset], mon, False, False)
     for offset in range(len(opp_revealed), min(opp_side.team_size, A.N_TEAM)):
-        _unknown_row(tokens[A.N_TEAM + offset], features[A.N_TEAM + offset], own=False)
+        tokens[A.N_TEAM + offset] = _UNKNOWN_TOKENS
+        _unknown_features(features[A.N_TEAM + offset], own=False)
 
     glob = np.zeros(N_GLOBAL_FEATURES, dtype=np.float32)
     glob[_KIND_COLUMN[kind]] = 1.0
@@ -439,9 +430,11 @@ class IncrementalEncoder:
 class _SideEncoder:
     """One side's view of one battle.
 
-    `tokens`/`features` are pools of entity rows: row 0 is padding, the others are written once
-    and never change. `current[r]` is the pool row that entity row r shows now; `row_mon[r]`
-    and `row_version[r]` say which Pokémon (and version) it was made from.
+    `tokens` and `features` are pools of entity rows, each written once and never changed (row 0
+    of each is padding); `current_tokens[r]`/`current_features[r]` are the pool rows entity row
+    r shows now, and `row_mon[r]`/`row_version[r]` the Pokémon (and version) they were made
+    from. Token rows change rarely (forme, item, ability, moves, tera type): they are shared
+    through `token_rows`, keyed by what they are made of.
     """
 
     def __init__(self, state: BattleState, side: str, hindsight) -> None:
@@ -450,20 +443,25 @@ class _SideEncoder:
         other = "p2" if side == "p1" else "p1"
         self.own_side, self.opp_side = state.sides[side], state.sides[other]
         self.own_team_size = hindsight.team_size[side]
-        self.tokens = np.zeros((64, N_TOKEN_FIELDS), dtype=np.int32)
+        self.tokens = np.zeros((32, N_TOKEN_FIELDS), dtype=np.int32)
         self.features = np.zeros((64, N_MON_FEATURES), dtype=np.float32)
-        self.size = 1
-        self.own_unknown = self._row()
-        _unknown_row(self.tokens[self.own_unknown], self.features[self.own_unknown], own=True)
-        self.opp_unknown = self._row()
-        _unknown_row(self.tokens[self.opp_unknown], self.features[self.opp_unknown], own=False)
-        self.current = [0] * N_ENTITIES
+        self.n_tokens = self.n_features = 1
+        self.token_rows: dict[tuple, int] = {}
+        own_unknown = self._token_row(("own unknown",), _UNKNOWN_TOKENS)
+        opp_unknown = self._token_row(("opp unknown",), _UNKNOWN_TOKENS)
+        own_unknown_features, opp_unknown_features = self._feature_row(), self._feature_row()
+        _unknown_features(self.features[own_unknown_features], own=True)
+        _unknown_features(self.features[opp_unknown_features], own=False)
+        self.opp_unknown = (opp_unknown, opp_unknown_features)
+        self.current_tokens = [0] * N_ENTITIES
+        self.current_features = [0] * N_ENTITIES
         members = hindsight.team[side]
         # Own rows with a member: (row, member, move tokens); the rest never change.
         self.members = []
         for row in range(min(self.own_team_size, A.N_TEAM)):
             if row >= len(members):
-                self.current[row] = self.own_unknown
+                self.current_tokens[row] = own_unknown
+                self.current_features[row] = own_unknown_features
             else:
                 member = members[row]
                 self.members.append((row, member, _own_moves(self.dex, member)))
@@ -477,21 +475,30 @@ class _SideEncoder:
         self.bodies = np.zeros((16, N_GLOBAL_FEATURES), dtype=np.float32)
         self.n_bodies = 0
         self.body_version = -1
-        # Per recorded view: pool rows, globals row, kind column, turn.
-        self.views: list[tuple[int, ...]] = []
+        # Per recorded view: token rows, feature rows, globals row, kind column, turn.
+        self.view_tokens: list[tuple[int, ...]] = []
+        self.view_features: list[tuple[int, ...]] = []
         self.view_bodies: list[int] = []
         self.view_kinds: list[int] = []
         self.view_turns: list[float] = []
 
-    def _row(self) -> int:
-        if self.size == len(self.tokens):
+    def _token_row(self, key: tuple, values: tuple[int, ...]) -> int:
+        if self.n_tokens == len(self.tokens):
             self.tokens = np.concatenate([self.tokens, np.zeros_like(self.tokens)])
+        index = self.token_rows[key] = self.n_tokens
+        self.tokens[index] = values
+        self.n_tokens += 1
+        return index
+
+    def _feature_row(self) -> int:
+        if self.n_features == len(self.features):
             self.features = np.concatenate([self.features, np.zeros_like(self.features)])
-        self.size += 1
-        return self.size - 1
+        self.n_features += 1
+        return self.n_features - 1
 
     def add(self, kind: int) -> int:
-        dex, current = self.dex, self.current
+        dex, token_rows = self.dex, self.token_rows
+        current_tokens, current_features = self.current_tokens, self.current_features
         row_mon, row_version = self.row_mon, self.row_version
         own_side, opp_side = self.own_side, self.opp_side
         if own_side.version != self.own_list_version:
@@ -502,9 +509,17 @@ class _SideEncoder:
         for (row, member, moves), live in zip(self.members, self.lives, strict=True):
             if live is row_mon[row] and (live is None or live.version == row_version[row]):
                 continue
-            index = self._row()
-            _own_row(self.tokens[index], self.features[index], dex, member, moves, live)
-            current[row] = index
+            if live is None:
+                key = (row,)
+            else:
+                key = (row, live.forme, live.ability, live.item, live.tera_type)
+            token = token_rows.get(key)
+            if token is None:
+                token = self._token_row(key, _own_tokens(dex, member, moves, live))
+            current_tokens[row] = token
+            index = self._feature_row()
+            _own_features(self.features[index], member, live)
+            current_features[row] = index
             row_mon[row] = live
             row_version[row] = live.version if live is not None else -1
 
@@ -514,15 +529,27 @@ class _SideEncoder:
             unknown = min(opp_side.team_size, A.N_TEAM)
             for offset in range(len(revealed), A.N_TEAM):
                 row = A.N_TEAM + offset
-                current[row] = self.opp_unknown if offset < unknown else 0
+                token, index = self.opp_unknown if offset < unknown else (0, 0)
+                current_tokens[row], current_features[row] = token, index
                 row_mon[row] = _UNSET
             self.opp_rows = [(A.N_TEAM + o, mon) for o, mon in enumerate(revealed)]
         for row, mon in self.opp_rows:
             if mon is row_mon[row] and mon.version == row_version[row]:
                 continue
-            index = self._row()
-            _opponent_row(self.tokens[index], self.features[index], dex, mon)
-            current[row] = index
+            key = (
+                mon.forme,
+                mon.ability,
+                mon.item,
+                tuple(mon.moves[: A.N_MOVES]),
+                mon.tera_type if mon.terastallized else None,
+            )
+            token = token_rows.get(key)
+            if token is None:
+                token = self._token_row(key, _opponent_tokens(dex, mon))
+            current_tokens[row] = token
+            index = self._feature_row()
+            _mon_features(self.features[index], mon, False, False)
+            current_features[row] = index
             row_mon[row] = mon
             row_version[row] = mon.version
 
@@ -533,30 +560,34 @@ class _SideEncoder:
                 self.bodies = np.concatenate([self.bodies, np.zeros_like(self.bodies)])
             _globals_body(self.bodies[self.n_bodies], state, own_side, opp_side, self.own_team_size)
             self.n_bodies += 1
-        self.views.append(tuple(current))
+        self.view_tokens.append(tuple(current_tokens))
+        self.view_features.append(tuple(current_features))
         self.view_bodies.append(self.n_bodies - 1)
         self.view_kinds.append(_KIND_COLUMN[kind])
         self.view_turns.append(state.turn / 100.0)
-        return len(self.views) - 1
+        return len(self.view_tokens) - 1
 
     def take(self, view: int) -> dict[str, np.ndarray]:
-        rows = list(self.views[view])
         glob = self.bodies[self.view_bodies[view]].copy()
         glob[self.view_kinds[view]] = 1.0
         glob[_TURN] = self.view_turns[view]
-        return {"tokens": self.tokens[rows], "features": self.features[rows], "globals": glob}
+        return {
+            "tokens": self.tokens[list(self.view_tokens[view])],
+            "features": self.features[list(self.view_features[view])],
+            "globals": glob,
+        }
 
     def observations(self) -> list[dict[str, np.ndarray]]:
-        if not self.views:
+        if not self.view_tokens:
             return []
-        rows = np.array(self.views, dtype=np.intp)
-        tokens, features = self.tokens[rows], self.features[rows]
+        tokens = self.tokens[np.array(self.view_tokens, dtype=np.intp)]
+        features = self.features[np.array(self.view_features, dtype=np.intp)]
         glob = self.bodies[self.view_bodies]
-        glob[np.arange(len(rows)), self.view_kinds] = 1.0
+        glob[np.arange(len(glob)), self.view_kinds] = 1.0
         glob[:, _TURN] = self.view_turns
         return [
-            {"tokens": tokens[t], "features": features[t], "globals": glob[t]}
-            for t in range(len(rows))
+            {"tokens": t, "features": f, "globals": g}
+            for t, f, g in zip(tokens, features, glob, strict=True)
         ]
 
 

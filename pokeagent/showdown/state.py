@@ -178,7 +178,18 @@ KNOWN_IGNORED = frozenset(
 
 def normalise(name: str) -> str:
     """Lower-case alphanumerics: Showdown's toID ('Leech Seed' -> 'leechseed')."""
-    return "".join(ch for ch in name.lower() if ch.isalnum())
+    try:
+        return _NORMALISED[name]
+    except KeyError:
+        pass
+    key = "".join(ch for ch in name.lower() if ch.isalnum())
+    if len(_NORMALISED) >= 100_000:
+        _NORMALISED.clear()  # the same few thousand names recur; stay small over a long job
+    _NORMALISED[name] = key
+    return key
+
+
+_NORMALISED: dict[str, str] = {}
 
 
 @dataclass
@@ -360,6 +371,8 @@ class BattleState:
         mon.active = True
         hp, fainted, status = parse_hp_status(msg.arg(2))
         if hp is not None:
+            if mon.fainted != fainted:
+                self.version += 1
             mon.hp, mon.fainted = hp, fainted
         mon.status = status
 
@@ -430,7 +443,7 @@ class BattleState:
         self.ended, self.winner = True, None
 
     def _move(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         move = msg.arg(1)
@@ -451,7 +464,7 @@ class BattleState:
             mon.moves.append(move)
 
     def _cant(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         reason = msg.arg(1)
@@ -470,7 +483,7 @@ class BattleState:
         self._switch_in(msg)
 
     def _detailschange(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         details = parse_details(msg.arg(1))
@@ -482,18 +495,18 @@ class BattleState:
             mon.tera_type = details.tera_type
 
     def _formechange(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is not None and msg.arg(1):
             mon.temporary_forme = msg.arg(1)
             self._reveal_from_tags(msg, mon)
 
     def _faint(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is not None:
             mon.hp, mon.fainted = 0.0, True
 
     def _hp_change(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         hp, fainted, status = parse_hp_status(msg.arg(1))
@@ -507,13 +520,13 @@ class BattleState:
         self._reveal_from_tags(msg, mon)
 
     def _status(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is not None:
             mon.status = msg.arg(1) or None
             self._reveal_from_tags(msg, mon)
 
     def _curestatus(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is not None:
             mon.status = None
             self._reveal_from_tags(msg, mon)
@@ -526,7 +539,7 @@ class BattleState:
                 mon.version += 1
 
     def _boost(self, msg: Message, sign: int = 1) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         stat = msg.arg(1)
@@ -541,7 +554,7 @@ class BattleState:
         self._boost(msg, -1)
 
     def _setboost(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         try:
@@ -550,7 +563,7 @@ class BattleState:
             return
 
     def _clearboost(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is not None:
             mon.boosts.clear()
 
@@ -561,27 +574,27 @@ class BattleState:
                 side.active.version += 1
 
     def _clearnegativeboost(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is not None:
             mon.boosts = {k: v for k, v in mon.boosts.items() if v > 0}
 
     def _clearpositiveboost(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is not None:
             mon.boosts = {k: v for k, v in mon.boosts.items() if v < 0}
 
     def _invertboost(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is not None:
             mon.boosts = {k: -v for k, v in mon.boosts.items()}
 
     def _copyboost(self, msg: Message) -> None:
-        target, source = self.mon(msg.arg(0)), self.mon(msg.arg(1))
+        target, source = self.mon(msg.args[0] if msg.args else ""), self.mon(msg.arg(1))
         if target is not None and source is not None:
             target.boosts = dict(source.boosts)
 
     def _swapboost(self, msg: Message) -> None:
-        a, b = self.mon(msg.arg(0)), self.mon(msg.arg(1))
+        a, b = self.mon(msg.args[0] if msg.args else ""), self.mon(msg.arg(1))
         if a is None or b is None:
             return
         stats = [s.strip() for s in msg.arg(2).split(",") if s.strip()] or list(BOOST_STATS)
@@ -590,7 +603,7 @@ class BattleState:
             a.boosts[stat], b.boosts[stat] = b_value, a_value
 
     def _volatile_start(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         effect = effect_name(msg.arg(1))
@@ -601,12 +614,13 @@ class BattleState:
             mon.encored_move = mon.last_move
         if key == "dynamax":
             self.sides[mon.side].used_dynamax = True
+            self.version += 1
         if key == "disable" and msg.arg(2):
             mon.disabled_move = msg.arg(2)
         self._reveal_from_tags(msg, mon)
 
     def _volatile_end(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         key = normalise(effect_name(msg.arg(1)))
@@ -618,7 +632,7 @@ class BattleState:
         self._reveal_from_tags(msg, mon)
 
     def _activate(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         effect = msg.arg(1)
         if mon is None:
             return
@@ -648,7 +662,7 @@ class BattleState:
         self._reveal_from_tags(msg, mon)
 
     def _item(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         item = msg.arg(1)
@@ -678,7 +692,7 @@ class BattleState:
                 holder.ability = effect_name(source)
 
     def _enditem(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         item = msg.arg(1)
@@ -689,7 +703,7 @@ class BattleState:
         mon.item = ""
 
     def _ability(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         source = msg.tags.get("from", "")
@@ -710,19 +724,19 @@ class BattleState:
             mon.ability = ability
 
     def _transform(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is not None:
             mon.volatiles.add("transform")
 
     def _terastallize(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         mon.tera_type, mon.terastallized = msg.arg(1), True
         self.sides[mon.side].used_tera = True
 
     def _mega(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is None:
             return
         mon.mega_evolved = True
@@ -731,13 +745,13 @@ class BattleState:
         self.sides[mon.side].used_mega = True
 
     def _zpower(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is not None:
             mon.used_zmove = True
             self.sides[mon.side].used_zmove = True
 
     def _mustrecharge(self, msg: Message) -> None:
-        mon = self.mon(msg.arg(0))
+        mon = self.mon(msg.args[0] if msg.args else "")
         if mon is not None:
             mon.volatiles.add("mustrecharge")
 
@@ -868,13 +882,8 @@ _GLOBAL_KINDS = frozenset(
     {
         "gen",
         "teamsize",
-        "poke",
         "clearpoke",
-        "switch",
-        "drag",
-        "replace",
         "faint",
-        "-start",
         "-terastallize",
         "-mega",
         "-zpower",
@@ -886,6 +895,8 @@ _GLOBAL_KINDS = frozenset(
         "-swapsideconditions",
     }
 )
-"""Kinds whose handlers may change what `BattleState.version` covers (plus fainting by HP)."""
+"""Kinds whose handlers may change what `BattleState.version` covers; fainting by HP (`-damage`,
+a switch-in's HP) and Dynamax (`-start`) bump it where they happen. A new Pokémon (`|poke|`,
+a first switch-in) is not fainted: the counts stay."""
 BATTLE_STATE_KINDS = frozenset(_HANDLERS)
 """The message kinds `BattleState.apply` reads (every other kind leaves the state as it is)."""
