@@ -24,7 +24,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pokeagent.data import hub as hubmod
-from pokeagent.data.hub import DownloadConfig, HubError, download, path_hints
+from pokeagent.data import hub_fetch, hub_filter
+from pokeagent.data.hub import DownloadConfig, HubError, download
+from pokeagent.data.hub_filter import path_hints
 from pokeagent.data.sources import _js_date, format_id, iter_replays
 
 # ---------------------------------------------------------------- the stand-in Hub
@@ -273,8 +275,8 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(hubmod, "RETRY_WAIT_S", 0.01)
-    monkeypatch.setattr(hubmod, "BATCH_ROWS", 3)  # row groups hold 4: batches cut across them
+    monkeypatch.setattr(hub_fetch, "RETRY_WAIT_S", 0.01)
+    monkeypatch.setattr(hub_filter, "BATCH_ROWS", 3)  # row groups hold 4: batches cut across them
     yield hub
     server.shutdown()
     server.server_close()
@@ -596,7 +598,7 @@ def test_no_network_and_full_disk_are_clear(metamon, tmp_path, monkeypatch):
     def full(self, table):  # the disk fills up while the output is written
         raise OSError(errno.ENOSPC, "No space left on device", str(self.folder / "x.parquet"))
 
-    monkeypatch.setattr(hubmod._Writer, "write", full)
+    monkeypatch.setattr(hub_filter.ShardWriter, "write", full)
     with pytest.raises(HubError, match=r"disk is full .*x\.parquet.* run the same command again"):
         download(DownloadConfig(dataset="metamon-raw", out=tmp_path / "out"), progress=False)
 
@@ -617,9 +619,9 @@ def test_path_hints_rule_out_files_by_format_month_and_split():
     cfg = DownloadConfig(
         dataset="pokechamp", formats=["gen1ou"], months=["2024-01..2024-03"], out=Path("x")
     )
-    assert hubmod._path_reason("gen9ou/2024-02.parquet", cfg) == "format"
-    assert hubmod._path_reason("gen1ou/2024-05.parquet", cfg) == "month"
-    assert hubmod._path_reason("gen1ou/2024-02.parquet", cfg) == ""
+    assert hub_filter.path_reason("gen9ou/2024-02.parquet", cfg) == "format"
+    assert hub_filter.path_reason("gen1ou/2024-05.parquet", cfg) == "month"
+    assert hub_filter.path_reason("gen1ou/2024-02.parquet", cfg) == ""
     assert cfg.months == ["2024-01", "2024-02", "2024-03"]
 
 
@@ -631,7 +633,7 @@ def test_footer_statistics_rule_out_files_by_format_and_month(tmp_path):
     spec = hubmod.DATASETS["pokechamp"]
 
     def rules_out(metadata, spec, **filters):
-        return hubmod._stats_rule_out(metadata, spec, DownloadConfig(out=tmp_path, **filters))
+        return hub_filter.stats_rule_out(metadata, spec, DownloadConfig(out=tmp_path, **filters))
 
     assert rules_out(meta, spec, dataset="pokechamp", months=["2024-03"])  # March2024 > max
     assert not rules_out(meta, spec, dataset="pokechamp", months=["2024-02"])
