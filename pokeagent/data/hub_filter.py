@@ -15,7 +15,7 @@ import os
 import re
 from bisect import bisect_left
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pokeagent.data.sources import BadRecord, format_id, replay_from_record
+from pokeagent.data.sources import BadRecord, filter_reason, format_id, replay_from_record
 
 if TYPE_CHECKING:
     from pokeagent.data.hub import DownloadConfig, DownloadSummary, HubDataset
@@ -58,12 +58,17 @@ def month_of(value: object) -> str | None:
         return None
     if value.strip().isdigit():
         return month_of(int(value.strip()))
-    if match := _YEAR_MONTH.search(value):
-        return f"{match.group(1)}-{match.group(2)}"
-    for match in _NAME_YEAR.finditer(value):
+    return next(_months_in(value), None)
+
+
+def _months_in(text: str) -> Iterator[str]:
+    """The months `text` names, as `YYYY-MM`: numeric ones (`2024-03`) first, then spelled ones
+    (`March2024`, `Mar-2024`)."""
+    for match in _YEAR_MONTH.finditer(text):
+        yield f"{match.group(1)}-{match.group(2)}"
+    for match in _NAME_YEAR.finditer(text):
         if (month := _MONTHS.get(match.group(1).lower())) is not None:
-            return f"{match.group(2)}-{month:02d}"
-    return None
+            yield f"{match.group(2)}-{month:02d}"
 
 
 def parse_months(items: Iterable[str]) -> set[str]:
@@ -118,17 +123,11 @@ def rating_band(ratings: dict[str, int | None] | None, elo_band: object = None) 
 def path_hints(path: str) -> dict[str, set[str]]:
     """What a repository path says about its rows: formats, months, split."""
     lower = path.lower()
-    hints: dict[str, set[str]] = {
+    return {
         "formats": set(_FORMAT_IN_PATH.findall(lower)),
-        "months": set(),
+        "months": set(_months_in(path)),
         "splits": {m.group(1) for m in _SPLIT_IN_PATH.finditer(lower)},
     }
-    for match in _YEAR_MONTH.finditer(path):
-        hints["months"].add(f"{match.group(1)}-{match.group(2)}")
-    for match in _NAME_YEAR.finditer(path):
-        if (month := _MONTHS.get(match.group(1).lower())) is not None:
-            hints["months"].add(f"{match.group(2)}-{month:02d}")
-    return hints
 
 
 def path_reason(path: str, cfg: DownloadConfig) -> str:
@@ -303,14 +302,9 @@ def _judge(record: dict, where: str, cfg: DownloadConfig) -> tuple[str, str, str
         replay = replay_from_record(record, source=where)
     except BadRecord as bad:
         return f"bad: {bad.reason}", "", ""
-    if cfg.formats is not None and replay.format not in cfg.formats:
-        return "format", "", ""
-    if cfg.min_rating is not None:
-        known = [r for r in (replay.ratings or {}).values() if r is not None]
-        if not known:
-            return "no rating", "", ""
-        if min(known) < cfg.min_rating:
-            return "rating below min", "", ""
+    reason = filter_reason(replay, cfg.formats, cfg.min_rating)
+    if reason:
+        return reason, "", ""
     return "", rating_band(replay.ratings, replay.extra.get("elo_band")), replay.format
 
 

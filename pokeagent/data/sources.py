@@ -480,7 +480,7 @@ def _stream(
             if isinstance(item, _Skip):
                 _count_skip(stats, item)
                 continue
-            reason = _filter_reason(item, wanted, min_rating)
+            reason = filter_reason(item, wanted, min_rating)
             if reason:
                 stats.filtered[reason] += 1
                 continue
@@ -499,7 +499,10 @@ def _count_skip(stats: SourceStats, skip: _Skip) -> None:
     logger.log(level, "skipped %s: %s%s%s", skip.where, skip.reason, detail, more)
 
 
-def _filter_reason(replay: Replay, wanted: set[str] | None, min_rating: int | None) -> str:
+def filter_reason(replay: Replay, wanted: Collection[str] | None, min_rating: int | None) -> str:
+    """Why the filters leave a replay out ('' when they keep it): its format is not `wanted`
+    (format ids), or `min_rating` is set and some known rating is below it, or none is known.
+    `pokeagent pack` and `pokeagent download` both judge by it."""
     if wanted is not None and replay.format not in wanted:
         return "format"
     if min_rating is not None:
