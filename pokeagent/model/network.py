@@ -5,13 +5,19 @@ tokens and features plus global features, arranged as [batch, window, ...]. Stor
 compact (int16 tokens, float16 features); the network widens them on its device.
 
 1. Decision encoder: each row embeds its tokens (species, ability, item, 4 moves, tera type;
-   moves through one shared table) and projects its features; a small transformer lets the 12
-   rows and a global token (from the global features) attend to each other; the global token's
-   output is the decision's vector.
+   moves through one shared table), projects its features and the dex facts of its species and
+   moves (`dex_features.py`: base stats, types, move power, accuracy, priority, category), and
+   per move how it fares against the opposing active Pokémon (type effectiveness against its
+   types, or its Tera type once terastallized; STAB; power x both). A small transformer lets
+   the 12 rows and a global token (from the global features) attend to each other; the global
+   token's output is the decision's vector.
 2. Trajectory transformer: causal self-attention over the window's decisions (learned
    positions): a decision sees only the decisions before it, as in a live battle.
-3. Heads: policy logits over the action space, illegal actions masked to -inf; value logit
-   (sigmoid = win probability).
+3. Heads: policy logits over the action space = a linear read of the decision's vector plus a
+   pointer term: each action has a vector (a move: the active Pokémon's mixed row with that
+   move's facts, the gimmick variant shifted by a learned offset; a switch: that team member's
+   mixed row), scored against the decision's vector. Illegal actions are masked to -inf.
+   Value logit (sigmoid = win probability).
 """
 
 from __future__ import annotations
@@ -19,11 +25,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pokeagent.data.encode import N_ENTITIES, N_GLOBAL_FEATURES, N_MON_FEATURES
+from pokeagent.data.encode import MON_FEATURES, N_ENTITIES, N_GLOBAL_FEATURES, N_MON_FEATURES
+from pokeagent.model import dex_features
 from pokeagent.model.config import ModelConfig
 from pokeagent.showdown import actions as A
 
 VOCAB_KINDS = ("species", "abilities", "items", "moves", "types")
+ACTIVE, TERASTALLIZED = MON_FEATURES.index("active"), MON_FEATURES.index("terastallized")
+N_MOVE_FACTS = 6 + 3  # dex_features' move columns + effectiveness, STAB, effective power
+N_SPECIES_FACTS = 6
 
 
 def _layer(width: int, heads: int, cfg: ModelConfig) -> nn.TransformerEncoderLayer:
@@ -39,7 +49,7 @@ def _layer(width: int, heads: int, cfg: ModelConfig) -> nn.TransformerEncoderLay
 
 
 class DecisionEncoder(nn.Module):
-    """One decision's arrays -> one vector of width d_model."""
+    """One decision's arrays -> its vector (d_model) and one vector per action (d_model)."""
 
     def __init__(self, cfg: ModelConfig, vocab: dict[str, int]):
         super().__init__()
@@ -48,8 +58,11 @@ class DecisionEncoder(nn.Module):
         self.item = nn.Embedding(vocab["items"], cfg.d_token, padding_idx=0)
         self.move = nn.Embedding(vocab["moves"], cfg.d_token, padding_idx=0)
         self.tera = nn.Embedding(vocab["types"], cfg.d_token, padding_idx=0)
+        for name, table in dex_features.tables().items():
+            self.register_buffer(name, table.clone(), persistent=False)
         # species, ability, item, 4 moves (kept in slot order: they are the move actions), tera
-        self.row_in = nn.Linear(8 * cfg.d_token + N_MON_FEATURES, cfg.d_entity)
+        row_inputs = 8 * cfg.d_token + N_MON_FEATURES + N_SPECIES_FACTS + 4 * N_MOVE_FACTS
+        self.row_in = nn.Linear(row_inputs, cfg.d_entity)
         self.row_kind = nn.Embedding(N_ENTITIES, cfg.d_entity)  # own slot 0-5, opponent 0-5
         self.global_in = nn.Linear(N_GLOBAL_FEATURES, cfg.d_entity)
         self.mixer = nn.TransformerEncoder(
@@ -58,11 +71,62 @@ class DecisionEncoder(nn.Module):
             enable_nested_tensor=False,
         )
         self.out = nn.Sequential(nn.LayerNorm(cfg.d_entity), nn.Linear(cfg.d_entity, cfg.d_model))
+        self.move_action = nn.Linear(cfg.d_entity + N_MOVE_FACTS, cfg.d_model)
+        self.gimmick_offset = nn.Parameter(torch.zeros(cfg.d_model))
+        self.switch_action = nn.Linear(cfg.d_entity, cfg.d_model)
+
+    def _move_facts(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """[N, 12, 4, N_MOVE_FACTS]: each move's dex facts and how it fares against the
+        opposing active Pokémon (rows 0-5 attack the opponent's active, rows 6-11 ours)."""
+        moves = tokens[..., 3:7]
+        move_type = self.move_type[moves]  # [N, 12, 4]
+        tera = tokens[..., 7]
+        terastallized = features[..., TERASTALLIZED] > 0.5
+        own_types = self.species_types[tokens[..., 0]]  # [N, 12, 2]
+        # A terastallized Pokémon defends with its Tera type alone.
+        defending = torch.where(
+            terastallized.unsqueeze(-1),
+            torch.stack([tera, torch.zeros_like(tera)], dim=-1),
+            own_types,
+        )
+        active = features[..., ACTIVE] > 0.5  # [N, 12]
+        own_active = active[:, :6].float().argmax(-1)
+        opp_active = active[:, 6:].float().argmax(-1) + 6
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        target = torch.cat(
+            [
+                defending[rows, opp_active].unsqueeze(1).expand(-1, 6, -1),
+                defending[rows, own_active].unsqueeze(1).expand(-1, 6, -1),
+            ],
+            dim=1,
+        )  # [N, 12, 2]: the types each row's moves hit
+        has_target = torch.cat(
+            [
+                active[:, 6:].any(-1, keepdim=True).expand(-1, 6),
+                active[:, :6].any(-1, keepdim=True).expand(-1, 6),
+            ],
+            dim=1,
+        )
+        chart = self.type_chart[move_type.unsqueeze(-1), target.unsqueeze(2)]  # [N, 12, 4, 2]
+        effectiveness = torch.where(
+            has_target[..., None], chart.prod(-1), torch.ones_like(move_type, dtype=chart.dtype)
+        )
+        attacker = torch.cat([own_types, torch.where(terastallized, tera, 0).unsqueeze(-1)], -1)
+        stab = (move_type.unsqueeze(-1) == attacker.unsqueeze(2)).any(-1).to(chart.dtype)
+        facts = self.move_features[moves]  # [N, 12, 4, 6]
+        power = facts[..., 0] * effectiveness * (1.0 + 0.5 * stab)
+        log_effect = torch.log2(effectiveness.clamp(min=0.125)) / 3.0  # immune -> -1
+        return torch.cat(
+            [facts, log_effect.unsqueeze(-1), stab.unsqueeze(-1), power.unsqueeze(-1)], dim=-1
+        )
 
     def forward(
         self, tokens: torch.Tensor, features: torch.Tensor, globals_: torch.Tensor
-    ) -> torch.Tensor:
-        """tokens [N, 12, 8] long, features [N, 12, F], globals [N, G] -> [N, d_model]."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [N, 12, 8] long, features [N, 12, F], globals [N, G] ->
+        decision vectors [N, d_model], action vectors [N, N_ACTIONS, d_model]."""
+        dtype = features.dtype
+        move_facts = self._move_facts(tokens, features).to(dtype)
         moves = self.move(tokens[..., 3:7]).flatten(-2)
         rows = torch.cat(
             [
@@ -72,13 +136,28 @@ class DecisionEncoder(nn.Module):
                 moves,
                 self.tera(tokens[..., 7]),
                 features,
+                self.species_stats[tokens[..., 0]].to(dtype),
+                move_facts.flatten(-2),
             ],
             dim=-1,
         )
         rows = self.row_in(rows) + self.row_kind.weight
         entities = torch.cat([self.global_in(globals_).unsqueeze(1), rows], dim=1)
         mixed = self.mixer(entities)
-        return self.out(mixed[:, 0])
+        own_rows = mixed[:, 1 : 1 + A.N_TEAM]  # [N, 6, d_entity]: the switch targets
+        own_active = (features[:, : A.N_TEAM, ACTIVE] > 0.5).float().argmax(-1)
+        index = torch.arange(tokens.shape[0], device=tokens.device)
+        active_row = own_rows[index, own_active]  # [N, d_entity]
+        move_in = torch.cat(
+            [active_row.unsqueeze(1).expand(-1, A.N_MOVES, -1), move_facts[index, own_active]],
+            dim=-1,
+        )
+        move_vectors = self.move_action(move_in)  # [N, 4, d_model]
+        actions = torch.cat(
+            [move_vectors, move_vectors + self.gimmick_offset, self.switch_action(own_rows)],
+            dim=1,
+        )
+        return self.out(mixed[:, 0]), actions
 
 
 class PokeAgentNet(nn.Module):
@@ -104,18 +183,21 @@ class PokeAgentNet(nn.Module):
                 f"window {window} exceeds the model's max_window {self.cfg.max_window}"
             )
         dtype = self.policy.weight.dtype
-        decisions = self.encoder(
+        decisions, actions = self.encoder(
             tokens.flatten(0, 1),
             batch["features"].flatten(0, 1).to(dtype),
             batch["globals"].flatten(0, 1).to(dtype),
-        ).view(batch_size, window, -1)
+        )
+        decisions = decisions.view(batch_size, window, -1)
+        actions = actions.view(batch_size, window, A.N_ACTIONS, -1)
         positions = torch.arange(window, device=tokens.device)
         hidden = decisions + self.position(positions)
         causal = nn.Transformer.generate_square_subsequent_mask(
             window, device=tokens.device, dtype=hidden.dtype
         )
         hidden = self.norm(self.trajectory(hidden, mask=causal, is_causal=True))
-        logits = self.policy(hidden).masked_fill(~batch["legal"], float("-inf"))
+        pointer = (actions @ hidden.unsqueeze(-1)).squeeze(-1) * self.cfg.d_model**-0.5
+        logits = (self.policy(hidden) + pointer).masked_fill(~batch["legal"], float("-inf"))
         return logits, self.value(hidden).squeeze(-1)
 
 
