@@ -242,7 +242,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(
         DemoConfig(
-            out=Path(args.out), battles=args.battles, seed=args.seed, train_steps=args.train_steps
+            out=Path(args.out),
+            battles=args.battles,
+            seed=args.seed,
+            model=args.model,
+            train_steps=args.train_steps,
+            eval_battles=args.eval_battles,
         )
     )
     return 0
@@ -521,13 +526,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=_status)
 
     demo = verbs.add_parser(
-        "demo", help="the CPU demo: the pipeline end to end, as far as it exists"
+        "demo", help="the CPU demo: battles -> shards -> DeepSpeed training -> battles -> report"
     )
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--battles", type=int, default=200)
-    demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
-        "--train-steps", type=int, default=60, help="optimizer steps of the demo's training run"
+        "--battles", type=int, default=2000, help="teacher battles (heuristic vs heuristic)"
+    )
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--model", default="tiny", help="model preset")
+    demo.add_argument(
+        "--train-steps", type=int, default=1500, help="optimizer steps of the demo's training run"
+    )
+    demo.add_argument(
+        "--eval-battles", type=int, default=200, help="games against each baseline at the end"
     )
     demo.set_defaults(func=_demo)
     return parser

@@ -23,6 +23,8 @@ def test_demo_runs_every_stage(showdown_package, tmp_path):
             "8",
             "--train-steps",
             "4",
+            "--eval-battles",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -34,10 +36,10 @@ def test_demo_runs_every_stage(showdown_package, tmp_path):
         assert stage in out.stdout
     assert "0 wrong labels" in out.stdout
     demo = tmp_path / "demo"
-    assert len((demo / "battles-baselines" / "replays.jsonl").read_text().splitlines()) == 8
+    assert len((demo / "battles-heuristic" / "replays.jsonl").read_text().splitlines()) == 8
     assert (
         json.loads((demo / "shards" / "manifest.json").read_text())["summary"]["battles_packed"]
-        >= 14
+        == 8
     )
     steps = [
         json.loads(line)["step"]
@@ -45,3 +47,9 @@ def test_demo_runs_every_stage(showdown_package, tmp_path):
     ]
     assert steps == [1, 2, 3, 4]
     assert (demo / "train" / "checkpoints" / "step00000004" / "model.safetensors").exists()
+    battles = json.loads((demo / "eval" / "battles.json").read_text())
+    assert battles["step"] == 4
+    for kind in ("random", "maxpower", "heuristic"):
+        result = battles["opponents"][kind]
+        assert result["games"] + result["errors"] == 2 and result["agent_errors"] == 0
+    assert "bar vs random: 90%" in out.stdout and "bar vs maxpower: 50%" in out.stdout
