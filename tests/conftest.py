@@ -33,3 +33,27 @@ def write_simulated_replays(package: Path, path: Path, count: int, seed: int, **
         ):
             out.write(json.dumps(served_replay(record, uploadtime=0)) + "\n")
     return path
+
+
+def simulated_shards(
+    package: Path, root: Path, count: int, seed: int, *, players: dict | None = None, **options
+) -> Path:
+    """`count` simulated battles (`write_simulated_replays` into `root/replays.jsonl`, `players`
+    its simtool options) packed into `root/shards` (`options` go to PackConfig); returns it."""
+    from pokeagent.data.pack import PackConfig, pack
+
+    replays = write_simulated_replays(
+        package, root / "replays.jsonl", count, seed, **(players or {})
+    )
+    pack(PackConfig(sources=[str(replays)], out=root / "shards", **options), progress=False)
+    return root / "shards"
+
+
+def train_env() -> dict:
+    """The environment of a `pokeagent train` subprocess: DeepSpeed on CPU, one thread, a short
+    DeepSpeed timeout, no RANK inherited from the test runner."""
+    import os
+
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", DEEPSPEED_TIMEOUT="2")
+    env.pop("RANK", None)
+    return env

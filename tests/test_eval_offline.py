@@ -8,12 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_simulated_replays
+from conftest import simulated_shards
 
 from pokeagent.data.encode import schema
 from pokeagent.data.heldout import read_trajectories, shard_paths
 from pokeagent.data.loader import collate, cut_window
-from pokeagent.data.pack import PackConfig, pack
 from pokeagent.eval.offline import OfflineEvalConfig, run_offline_eval
 from pokeagent.model.config import preset
 from pokeagent.model.loss import compute_loss
@@ -31,18 +30,15 @@ def data(showdown_package, tmp_path_factory):
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("offline")
-    write_simulated_replays(
-        showdown_package, root / "replays.jsonl", 10, 53, move_prob=0.8, tera_prob=0.2
-    )
-    pack(
-        PackConfig(
-            sources=[str(root / "replays.jsonl")],
-            out=root / "shards",
-            workers=1,
-            shard_size=60_000,
-            val_fraction=0.5,
-        ),
-        progress=False,
+    shards = simulated_shards(
+        showdown_package,
+        root,
+        10,
+        53,
+        players={"move_prob": 0.8, "tera_prob": 0.2},
+        workers=1,
+        shard_size=60_000,
+        val_fraction=0.5,
     )
     torch.manual_seed(3)
     net = PokeAgentNet(preset("tiny", max_window=32), schema()["vocab"])
@@ -60,7 +56,7 @@ def data(showdown_package, tmp_path_factory):
     )
     (root / "run" / "checkpoints" / "latest").write_text(tag)
     (root / "run" / "config.json").write_text(json.dumps({"train": {"window": WINDOW}}))
-    return root / "shards", root / "run", net.eval()
+    return shards, root / "run", net.eval()
 
 
 def _direct(net, samples, keep=None) -> dict[str, float]:

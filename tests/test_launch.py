@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import simulated_shards, train_env
 
 from pokeagent.launch import slurm
 from pokeagent.launch.hostfile import (
@@ -330,31 +331,16 @@ def test_loader_resplit_starts_a_fresh_epoch_for_the_new_world(tmp_path):
 
 @pytest.fixture(scope="module")
 def shards(showdown_package, tmp_path_factory):
-    from conftest import write_simulated_replays
-
-    from pokeagent.data.pack import PackConfig, pack
-
-    root = tmp_path_factory.mktemp("launch")
-    write_simulated_replays(
-        showdown_package, root / "replays.jsonl", 16, 9, move_prob=0.8, tera_prob=0.2
+    return simulated_shards(
+        showdown_package,
+        tmp_path_factory.mktemp("launch"),
+        16,
+        9,
+        players={"move_prob": 0.8, "tera_prob": 0.2},
+        workers=2,
+        shard_size=100_000,
+        val_fraction=0.0,
     )
-    pack(
-        PackConfig(
-            sources=[str(root / "replays.jsonl")],
-            out=root / "shards",
-            workers=2,
-            shard_size=100_000,
-            val_fraction=0.0,
-        ),
-        progress=False,
-    )
-    return root / "shards"
-
-
-def _train_env() -> dict:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", DEEPSPEED_TIMEOUT="2")
-    env.pop("RANK", None)
-    return env
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -378,7 +364,7 @@ def test_two_ranks_resume_on_one_from_a_universal_checkpoint(shards, tmp_path):
     first = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "pokeagent.train", *words, "--max-steps", "10"],
-        env=_train_env(), capture_output=True, text=True, timeout=600,
+        env=train_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
     before = [row["loss"] for row in _rows(run_dir)]
@@ -387,7 +373,7 @@ def test_two_ranks_resume_on_one_from_a_universal_checkpoint(shards, tmp_path):
 
     second = subprocess.run(
         [sys.executable, "-m", "pokeagent.train", *words, "--max-steps", "14"],
-        env=_train_env(), capture_output=True, text=True, timeout=600,
+        env=train_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     assert "saved by 2 ranks, this run has 1" in second.stdout
@@ -438,7 +424,7 @@ def test_max_samples_stops_the_run_and_min_elo_filters_the_data(shards, tmp_path
     run = subprocess.run(
         [sys.executable, "-m", "pokeagent.train", *words, "--run-dir", str(tmp_path / "a"),
          "--max-samples", "18"],
-        env=_train_env(), capture_output=True, text=True, timeout=600,
+        env=train_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert [row["step"] for row in _rows(tmp_path / "a")] == [1, 2, 3, 4, 5]  # ceil(18 / 4)
@@ -448,7 +434,7 @@ def test_max_samples_stops_the_run_and_min_elo_filters_the_data(shards, tmp_path
     filtered = subprocess.run(
         [sys.executable, "-m", "pokeagent.train", *words, "--run-dir", str(tmp_path / "b"),
          "--min-elo", "1000", "--max-steps", "2"],
-        env=_train_env(), capture_output=True, text=True, timeout=600,
+        env=train_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert filtered.returncode != 0
     assert "all filtered out" in filtered.stderr
@@ -482,7 +468,7 @@ def test_the_sbatch_script_runs_stops_on_usr1_and_requeues(shards, tmp_path, wir
     )  # fmt: skip
     script = tmp_path / "job.sbatch"
     script.write_text(slurm.render_sbatch(opts, "test"))
-    env = _train_env() | {
+    env = train_env() | {
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "SLURM_JOB_ID": "777",
         "SLURM_JOB_NODELIST": "localhost",
@@ -522,7 +508,7 @@ def test_a_failed_preflight_ends_the_job_before_the_launch(tmp_path):
     )  # fmt: skip
     script = tmp_path / "job.sbatch"
     script.write_text(slurm.render_sbatch(opts, "test"))
-    env = _train_env() | {
+    env = train_env() | {
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "SLURM_JOB_ID": "779",
         "SLURM_JOB_NODELIST": "localhost",

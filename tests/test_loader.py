@@ -7,29 +7,23 @@ import shutil
 
 import pytest
 import torch
-from conftest import write_simulated_replays
+from conftest import simulated_shards
 
 from pokeagent.data.loader import LoaderConfig, TrajectoryLoader, worker_shards
-from pokeagent.data.pack import PackConfig, pack
 
 
 @pytest.fixture(scope="module")
 def shard_dir(showdown_package, tmp_path_factory):
-    root = tmp_path_factory.mktemp("loader")
-    replays = write_simulated_replays(
-        showdown_package, root / "replays.jsonl", 30, 21, move_prob=0.8
+    return simulated_shards(
+        showdown_package,
+        tmp_path_factory.mktemp("loader"),
+        30,
+        21,
+        players={"move_prob": 0.8},
+        workers=2,
+        shard_size=150_000,
+        val_fraction=0.1,
     )
-    pack(
-        PackConfig(
-            sources=[str(replays)],
-            out=root / "shards",
-            workers=2,
-            shard_size=150_000,
-            val_fraction=0.1,
-        ),
-        progress=False,
-    )
-    return root / "shards"
 
 
 def _take(loader, n):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_simulated_replays
+from conftest import simulated_shards
 
 from pokeagent.data.encode import schema
 from pokeagent.data.loader import LoaderConfig, TrajectoryLoader
-from pokeagent.data.pack import PackConfig, pack
 from pokeagent.model.config import NOMINAL_PARAMETERS, PRESETS, preset
 from pokeagent.model.loss import compute_loss
 from pokeagent.model.network import build, count_parameters
@@ -29,22 +28,17 @@ def test_preset_sizes_match_their_names(name):
 
 @pytest.fixture(scope="module")
 def batch(showdown_package, tmp_path_factory):
-    root = tmp_path_factory.mktemp("model")
-    write_simulated_replays(
-        showdown_package, root / "replays.jsonl", 12, 31, move_prob=0.8, tera_prob=0.2
-    )
-    pack(
-        PackConfig(
-            sources=[str(root / "replays.jsonl")], out=root / "shards", workers=1, val_fraction=0.0
-        ),
-        progress=False,
+    shards = simulated_shards(
+        showdown_package,
+        tmp_path_factory.mktemp("model"),
+        12,
+        31,
+        players={"move_prob": 0.8, "tera_prob": 0.2},
+        workers=1,
+        val_fraction=0.0,
     )
     return next(
-        iter(
-            TrajectoryLoader(
-                LoaderConfig(shards=root / "shards", batch_size=8, window=32, workers=0)
-            )
-        )
+        iter(TrajectoryLoader(LoaderConfig(shards=shards, batch_size=8, window=32, workers=0)))
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,9 +10,8 @@ import time
 
 import pytest
 import torch
-from conftest import write_simulated_replays
+from conftest import simulated_shards, train_env
 
-from pokeagent.data.pack import PackConfig, pack
 from pokeagent.train.ds_config import DS_CONFIG_DIR
 
 TRAIN = [sys.executable, "-m", "pokeagent.train"]
@@ -21,21 +19,16 @@ TRAIN = [sys.executable, "-m", "pokeagent.train"]
 
 @pytest.fixture(scope="module")
 def shards(showdown_package, tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    write_simulated_replays(
-        showdown_package, root / "replays.jsonl", 30, 41, move_prob=0.8, tera_prob=0.2
+    return simulated_shards(
+        showdown_package,
+        tmp_path_factory.mktemp("train"),
+        30,
+        41,
+        players={"move_prob": 0.8, "tera_prob": 0.2},
+        workers=2,
+        shard_size=100_000,
+        val_fraction=0.0,
     )
-    pack(
-        PackConfig(
-            sources=[str(root / "replays.jsonl")],
-            out=root / "shards",
-            workers=2,
-            shard_size=100_000,
-            val_fraction=0.0,
-        ),
-        progress=False,
-    )
-    return root / "shards"
 
 
 def _torchrun(nproc: int) -> list[str]:
@@ -58,12 +51,6 @@ def _cpu_variant(name: str, tmp_path) -> str:
     path = tmp_path / f"{name}-cpu.json"
     path.write_text(json.dumps(config))
     return str(path)
-
-
-def _env():
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", DEEPSPEED_TIMEOUT="2")
-    env.pop("RANK", None)
-    return env
 
 
 def _args(shards, run_dir, steps, **extra):
@@ -93,7 +80,7 @@ def test_sigterm_then_resume_gives_the_uninterrupted_losses(shards, tmp_path):
     steps = 24
     straight = subprocess.run(
         TRAIN + _args(shards, tmp_path / "a", steps),
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -106,7 +93,7 @@ def test_sigterm_then_resume_gives_the_uninterrupted_losses(shards, tmp_path):
     run_b = tmp_path / "b"
     process = subprocess.Popen(
         TRAIN + _args(shards, run_b, steps),
-        env=_env(),
+        env=train_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -124,14 +111,18 @@ def test_sigterm_then_resume_gives_the_uninterrupted_losses(shards, tmp_path):
     assert (run_b / "checkpoints" / "latest").read_text().strip() == f"step{stopped_at:08d}"
 
     resumed = subprocess.run(
-        TRAIN + _args(shards, run_b, steps), env=_env(), capture_output=True, text=True, timeout=600
+        TRAIN + _args(shards, run_b, steps),
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {stopped_at}" in resumed.stdout
     empty = tmp_path / "empty"
     refused = subprocess.run(
         TRAIN + _args(shards, empty, steps) + ["--resume"],
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -153,7 +144,7 @@ def test_checkpoint_interval_and_keep_last(shards, tmp_path):
             6,
             **{"checkpoint-minutes": 0.0001, "keep-last": 2, "workers-per-gpu": 0},
         ),
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -168,7 +159,7 @@ def test_checkpoint_interval_and_keep_last(shards, tmp_path):
 def test_dry_run_prints_resolved_configs(shards):
     out = subprocess.run(
         TRAIN + _args(shards, "unused", 10) + ["--dry-run"],
-        env=_env() | {"WORLD_SIZE": "4"},
+        env=train_env() | {"WORLD_SIZE": "4"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -189,7 +180,7 @@ def test_two_ranks_train_with_each_zero_stage(shards, tmp_path, stage):
         **{"ds-config": _cpu_variant(stage, tmp_path), "workers-per-gpu": 1, "learning-rate": 3e-3},
     )
     run = subprocess.run(
-        _torchrun(2) + args, env=_env(), capture_output=True, text=True, timeout=600
+        _torchrun(2) + args, env=train_env(), capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     losses = list(_losses(run_dir).values())
@@ -211,7 +202,7 @@ def test_two_ranks_sigterm_and_resume(shards, tmp_path):
     config = {"ds-config": _cpu_variant("zero2_bf16", tmp_path), "workers-per-gpu": 1}
     straight = subprocess.run(
         _torchrun(2) + _args(shards, tmp_path / "a", steps, **config),
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -222,7 +213,7 @@ def test_two_ranks_sigterm_and_resume(shards, tmp_path):
     run_b = tmp_path / "b"
     launcher = subprocess.Popen(
         _torchrun(2) + _args(shards, run_b, steps, **config),
-        env=_env(),
+        env=train_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -242,7 +233,7 @@ def test_two_ranks_sigterm_and_resume(shards, tmp_path):
     assert stopped_at < steps
     resumed = subprocess.run(
         _torchrun(2) + _args(shards, run_b, steps, **config),
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -265,7 +256,7 @@ def test_weights_export_and_tensorboard(shards, tmp_path):
     run_dir = tmp_path / "w"
     run = subprocess.run(
         TRAIN + _args(shards, run_dir, 6, **{"log-every": 2}),
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -315,7 +306,7 @@ def test_test_mode_with_mock_data_runs_end_to_end(showdown_package, tmp_path):
             "--workers-per-gpu",
             "1",
         ],
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -349,7 +340,7 @@ def test_bench_train_prints_the_ratio(shards):
             "--window",
             "16",
         ],
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=600,

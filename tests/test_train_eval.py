@@ -5,14 +5,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-from conftest import write_simulated_replays
+from conftest import simulated_shards, train_env
 
-from pokeagent.data.pack import PackConfig, pack
 from pokeagent.eval.offline import OfflineEvalConfig, run_offline_eval
 
 TRAIN = [sys.executable, "-m", "pokeagent.train"]
@@ -20,27 +18,16 @@ TRAIN = [sys.executable, "-m", "pokeagent.train"]
 
 @pytest.fixture(scope="module")
 def shards(showdown_package, tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-eval")
-    write_simulated_replays(
-        showdown_package, root / "replays.jsonl", 24, 41, move_prob=0.8, tera_prob=0.2
+    return simulated_shards(
+        showdown_package,
+        tmp_path_factory.mktemp("train-eval"),
+        24,
+        41,
+        players={"move_prob": 0.8, "tera_prob": 0.2},
+        workers=1,
+        shard_size=100_000,
+        val_fraction=0.25,
     )
-    pack(
-        PackConfig(
-            sources=[str(root / "replays.jsonl")],
-            out=root / "shards",
-            workers=1,
-            shard_size=100_000,
-            val_fraction=0.25,
-        ),
-        progress=False,
-    )
-    return root / "shards"
-
-
-def _env():
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", DEEPSPEED_TIMEOUT="2")
-    env.pop("RANK", None)
-    return env
 
 
 def _train(shards, run_dir, *extra: str) -> subprocess.CompletedProcess:
@@ -60,7 +47,7 @@ def _train(shards, run_dir, *extra: str) -> subprocess.CompletedProcess:
     argv = [item for key, value in options.items() for item in (f"--{key}", str(value))]
     return subprocess.run(
         [*TRAIN, "--test-mode", *argv, *extra],
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -118,7 +105,7 @@ def test_eval_every_validates_keeps_best_and_leaves_training_unchanged(shards, t
 
     status = subprocess.run(
         [sys.executable, "-m", "pokeagent", "status", str(run_dir)],
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -133,7 +120,7 @@ def test_invalid_eval_option_is_refused_before_anything_starts(tmp_path):
     run_dir = tmp_path / "never"
     out = subprocess.run(
         [*TRAIN, "--run-dir", str(run_dir), "--eval-every", "-1"],
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -230,7 +217,7 @@ def test_eval_battles_run_beside_training_and_reach_tensorboard(shards, tmp_path
         )
     status = subprocess.run(
         [sys.executable, "-m", "pokeagent", "status", str(run_dir)],
-        env=_env(),
+        env=train_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -252,7 +239,7 @@ def test_two_ranks_zero3_validate_without_changing_training(shards, tmp_path):
     for name, extra in (("plain", []), ("eval", ["--eval-every", "3", "--eval-samples", "6"])):
         run = subprocess.run(
             [*launch, *common, "--workers-per-gpu", "0", "--run-dir", str(tmp_path / name), *extra],
-            env=_env(),
+            env=train_env(),
             capture_output=True,
             text=True,
             timeout=600,

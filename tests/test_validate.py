@@ -10,9 +10,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_simulated_replays
+from conftest import simulated_shards
 
-from pokeagent.data.pack import PackConfig, pack
 from pokeagent.launch.resources import gpu_memory_gb
 from pokeagent.launch.validate import FAIL, PASS, SKIP, ValidateConfig, validate
 from pokeagent.train.ds_config import load_ds_json
@@ -20,19 +19,15 @@ from pokeagent.train.ds_config import load_ds_json
 
 @pytest.fixture(scope="module")
 def shards(showdown_package, tmp_path_factory):
-    root = tmp_path_factory.mktemp("validate")
-    write_simulated_replays(showdown_package, root / "replays.jsonl", 6, 3)
-    pack(
-        PackConfig(
-            sources=[str(root / "replays.jsonl")],
-            out=root / "shards",
-            workers=1,
-            shard_size=20_000,
-            val_fraction=0.2,
-        ),
-        progress=False,
+    return simulated_shards(
+        showdown_package,
+        tmp_path_factory.mktemp("validate"),
+        6,
+        3,
+        workers=1,
+        shard_size=20_000,
+        val_fraction=0.2,
     )
-    return root / "shards"
 
 
 def _cfg(data_dir, tmp_path, **extra) -> ValidateConfig:
