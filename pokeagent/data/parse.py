@@ -284,9 +284,9 @@ class _Reconstruction:
         moves = self.hind.team[side][slot].moves if slot is not None else []
         usable = _MOVE_SLOTS
         if moves and active is not None:
-            locked = active.encored_move or (
-                active.last_move if _choice_locked(self.hind.team[side][slot].item) else None
-            )
+            # The item it holds now: a Choice item knocked off or tricked away locks nothing.
+            item = active.item if active.item is not None else self.hind.team[side][slot].item
+            locked = active.encored_move or (active.last_move if _choice_locked(item) else None)
             if locked and locked in moves:
                 usable = (moves.index(locked),)
             elif active.disabled_move in moves:
@@ -653,7 +653,10 @@ def _messages(log: str) -> list[tuple[int, Message]]:
         kind = line[1:end] if end > 0 else line[1:]  # most lines are never split
         wanted = read.get(kind)
         if wanted or (wanted is None and _is_read(kind)):
-            numbered.append((index, parse_line(line)))
+            if "[" in line:
+                numbered.append((index, parse_line(line)))
+            else:  # no tags: `parse_line` without its checks
+                numbered.append((index, Message(kind, line.split("|")[2:], {}, line)))
     return numbered
 
 

@@ -342,6 +342,7 @@ class BattleState:
         details = parse_details(msg.arg(1))
         mon = side.find(ref.name)
         if mon is None:
+            side.version += 1  # a name given or a Pokémon added
             # A team-preview entry not yet seen: match by species.
             for candidate in side.pokemon:
                 if candidate.name is None and _species_matches(candidate.species, details.species):
@@ -357,7 +358,6 @@ class BattleState:
                 side=ref.side, species=details.species, start_species=details.species, name=ref.name
             )
             side.pokemon.append(mon)
-        side.version += 1
         mon.version += 1
         mon.revealed = True
         mon.level, mon.gender = details.level, details.gender
