@@ -429,13 +429,10 @@ class Trainer:
         loss_scale = getattr(self.engine.optimizer, "cur_scale", None)
         if loss_scale is not None and self.ds_config.get("fp16", {}).get("enabled"):
             scalars["loss_scale"] = float(loss_scale)
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        writer = self._writer()
         for name, value in scalars.items():
-            self.writer.add_scalar(name, value, step)
-        self.writer.flush()
+            writer.add_scalar(name, value, step)
+        writer.flush()
         print(
             f"step {step}/{self.cfg.max_steps} loss {scalars['loss/total']:.4f} top1 {scalars['accuracy/top1']:.3f} "
             f"lr {scalars['lr']:.2e} {scalars['throughput/samples_per_s']:.0f} samples/s "
