@@ -235,16 +235,18 @@ def _mon_features(row: np.ndarray, mon: PokemonState, own: bool, choice_locked: 
     column = _STATUS_COLUMN.get(mon.status)
     if column is not None:
         row[column] = 1.0
-    for stat, value in mon.boosts.items():
-        column = _BOOST_COLUMN.get(stat)
-        if column is not None:
-            row[column] = value / 6.0
+    if mon.boosts:  # mostly empty: skip the loop
+        for stat, value in mon.boosts.items():
+            column = _BOOST_COLUMN.get(stat)
+            if column is not None:
+                row[column] = value / 6.0
     if mon.terastallized:
         row[_TERA] = 1.0
-    for volatile in mon.volatiles:
-        column = _VOLATILE_COLUMN.get(volatile)
-        if column is not None:
-            row[column] = 1.0
+    if mon.volatiles:
+        for volatile in mon.volatiles:
+            column = _VOLATILE_COLUMN.get(volatile)
+            if column is not None:
+                row[column] = 1.0
     if choice_locked:
         row[_LOCKED] = 1.0
 
