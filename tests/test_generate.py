@@ -13,7 +13,8 @@ import pytest
 
 from pokeagent.data.generate import GenerateConfig, generate
 
-SERVED_KEYS = {"id", "format", "formatid", "players", "log", "rating", "uploadtime"}
+# The public replay's keys, plus each player's own team sheet (not on the public site).
+SERVED_KEYS = {"id", "format", "formatid", "players", "log", "rating", "uploadtime", "teams"}
 MOVE_LINE = re.compile(r"^\|move\|(p[12])a: [^|]*\|([^|]+)(.*)$")
 
 
@@ -72,6 +73,10 @@ def assert_valid_outputs(out, expected_battles: int) -> tuple[list[dict], list[d
     for replay, truth in zip(replays, truths, strict=True):
         assert set(replay) == SERVED_KEYS
         assert isinstance(replay["log"], str) and isinstance(replay["uploadtime"], int)
+        for side in ("p1", "p2"):  # the sheet as the player's first request showed it
+            sheet = replay["teams"][side]
+            assert 1 <= len(sheet) <= 6 and all(m["species"] and m["moves"] for m in sheet)
+            assert any(f"|{side}a: {m['name']}|" in replay["log"] for m in sheet)  # by name
         assert replay["players"] == truth["players"] and len(replay["players"]) == 2
         last = replay["log"].rstrip("\n").splitlines()[-1]
         assert last.startswith("|win|") or last == "|tie", last

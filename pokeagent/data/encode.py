@@ -284,9 +284,9 @@ def _own_features(features: np.ndarray, member, live: PokemonState | None) -> No
         features[_OWN] = 1.0
         features[_HP] = 1.0
         return
-    locked = bool(
-        member.item and member.item.startswith("Choice ") and live.active and live.last_move
-    )
+    # The item it holds now: a Choice item knocked off or tricked away locks nothing.
+    item = live.item if live.item is not None else member.item
+    locked = bool(item and item.startswith("Choice ") and live.active and live.last_move)
     _mon_features(features, live, True, locked)
 
 

@@ -564,20 +564,24 @@ class _Reconstruction:
             self._close_turn(side)
             return
         if side not in self.pending_forced:
-            self._open_forced_switches(side)
+            self._open_forced_switches(side, self_switch="from" in msg.tags)
         decision = self.pending_forced.pop(side, None)
         if decision is not None:
             label, info = self._switch_label(side, ref.name, species)
             self._label(decision, label, info)
 
-    def _open_forced_switches(self, switching_side: str) -> None:
+    def _open_forced_switches(self, switching_side: str, self_switch: bool) -> None:
         """Open forced-switch decisions for this side and every side whose active has fainted:
-        their requests came together, so they see the same state."""
+        their requests came together, so they see the same state. A switch a move or item
+        made mid-turn (`[from] U-turn`, Volt Switch, Baton Pass...) was asked of its side
+        alone: a fainted active on the other side is replaced later, once that side has seen
+        the switch."""
         for side in SIDES:
             if side in self.pending_forced:
                 continue
             active = self.state.sides[side].active
-            if side == switching_side or (active is not None and active.fainted):
+            fainted = not self_switch and active is not None and active.fainted
+            if side == switching_side or fainted:
                 mask = np.zeros(A.N_ACTIONS, dtype=bool)
                 self._switch_mask(side, mask)
                 self.pending_forced[side] = self._open(side, A.FORCED_SWITCH, mask)

@@ -42,8 +42,8 @@ def _species_name(species: str, gen: int) -> str:
 def members_from_sets(sets: list[dict], gen: int, hindsight_members=()) -> list:
     """Team sheet (PokemonSet dicts) -> TeamMembers in canonical order (sorted by species id).
 
-    `hindsight_members` (what the log revealed) adds what a sheet cannot say in advance:
-    whether a Pokémon Mega Evolves or uses a Z-Move in this battle (the parser's gimmick mask).
+    The gimmick flags (the parser's gimmick mask) come from the held item: a Mega Stone or a
+    Z-Crystal; `hindsight_members` (what the log revealed) adds the cases a sheet does not show.
     """
     from pokeagent.data.parse import TeamMember  # parse imports this module
 
@@ -55,6 +55,7 @@ def members_from_sets(sets: list[dict], gen: int, hindsight_members=()) -> list:
         seen = revealed.get(name)
         moves = [display_name("moves", move, gen) for move in pokemon["moves"][: A.N_MOVES]]
         tera = pokemon.get("teraType") if gen == 9 else None
+        held = _dex().item(pokemon["item"], gen) if pokemon.get("item") else None
         members.append(
             TeamMember(
                 species=species,
@@ -67,8 +68,8 @@ def members_from_sets(sets: list[dict], gen: int, hindsight_members=()) -> list:
                 if gen >= 3
                 else None,
                 tera_type=tera or None,
-                mega=bool(seen and seen.mega),
-                zmove=bool(seen and seen.zmove),
+                mega=bool(seen and seen.mega) or bool(held and held.get("megaStone")),
+                zmove=bool(seen and seen.zmove) or bool(held and held.get("zMove")),
             )
         )
     members.sort(key=lambda m: normalise(m.species))

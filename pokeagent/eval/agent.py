@@ -35,6 +35,33 @@ from pokeagent.showdown import actions as A
 from pokeagent.showdown.protocol import parse_line
 from pokeagent.showdown.state import BattleState
 
+# Lines that tell the player something other than a battle event (a refused choice, the timer,
+# chat): they do not make a new decision point.
+_NOT_EVENTS = frozenset(
+    {
+        "error",
+        "bigerror",
+        "inactive",
+        "inactiveoff",
+        "t:",
+        "c",
+        "c:",
+        "chat",
+        "raw",
+        "html",
+        "uhtml",
+        "uhtmlchange",
+        "j",
+        "J",
+        "l",
+        "L",
+        "n",
+        "N",
+        "callback",
+        "sentchoice",
+        "request",
+    }
+)
 _SECRET_HP = re.compile(r"^(\d+)/(\d+)(.*)$")
 # Lines whose HP field (index in `line.split("|")`) a player sees exactly for its own Pokémon.
 _HP_FIELD = {"switch": 4, "drag": 4, "replace": 4, "-damage": 3, "-heal": 3, "-sethp": 3}
@@ -67,6 +94,9 @@ class Observation:
     choices: dict[int, str]
     """action -> the Showdown choice that plays it (`move 2 terastallize`, `switch 3`...)."""
     rqid: int | None
+    position: int
+    """Protocol lines seen before it: a new request with no line in between (a choice the
+    server refused, e.g. a switch out of a trap the agent could not see) is the same decision."""
 
 
 @dataclass
@@ -83,6 +113,8 @@ class LiveView:
     team sheet a replay carries, and so the parser, has the start of the battle."""
     percentages: bool = False
     """`HP Percentage Mod` is on: the public HP is a percentage in every generation."""
+    lines: int = 0
+    """Battle-event lines received so far."""
 
     def feed(self, line: str) -> None:
         """One protocol line, as received (own HP exact); requests go to `on_request`."""
@@ -90,6 +122,8 @@ class LiveView:
         if len(parts) < 2:
             return
         kind = parts[1]
+        if kind not in _NOT_EVENTS:
+            self.lines += 1
         if kind == "player" and len(parts) > 3 and parts[3] == self.username:
             self.side = parts[2]
         elif kind == "rule" and len(parts) > 2 and parts[2].startswith("HP Percentage Mod"):
@@ -166,7 +200,7 @@ class LiveView:
                         action = A.switch_action(slot_of_name[name])
                         legal[action], choices[action] = True, f"switch {n + 1}"
         arrays = encode(self.state, self.side, hindsight, kind)
-        return Observation(kind, arrays, legal, choices, request.get("rqid"))
+        return Observation(kind, arrays, legal, choices, request.get("rqid"), self.lines)
 
     def _move_choices(self, active, members, request, gen, legal, choices) -> None:
         active_name = next(
@@ -288,8 +322,8 @@ class AgentPlayer(Player):
         view = self.views[battle.battle_tag]
         observation = view.observe()
         history = self.history.setdefault(battle.battle_tag, [])
-        if history and observation.rqid is not None and history[-1].rqid == observation.rqid:
-            history.pop()  # the same request again (a rejected choice): not a new decision
+        if history and history[-1].position == observation.position:
+            history.pop()  # asked again with nothing new in between: the same decision
             if self.keep_records:
                 self.records[battle.battle_tag].pop()
         history.append(observation)

@@ -191,6 +191,7 @@ class BattleRunner {
 		this.decisions = [];
 		this.pending = {}; // side id -> decision awaiting commitChoices
 		this.requests = {}; // side id -> {json, rqid}: last request sent to that player
+		this.firstRequests = {}; // side id -> the first request that player answered
 		this.errors = {}; // side id -> last |error| sent to that player
 		this.rqid = 1; // the server starts at 1 and pre-increments, so the first request is 2
 		this.end = 'normal';
@@ -295,6 +296,7 @@ class BattleRunner {
 			rqid = null;
 		}
 		const turn = battle.turn;
+		if (!this.firstRequests[sideid]) this.firstRequests[sideid] = request;
 		if (!side.choose(input)) {
 			if (!side.choice.error) side.emitChoiceError(`Unknown error for choice: ${input}.`);
 			return false;
@@ -346,9 +348,10 @@ class BattleRunner {
 			turns: battle.turn,
 			end: battle.ended ? this.end : 'incomplete',
 			decisions: this.decisions,
-			// Each player's own team as the simulator built it (random formats make it from the
-			// seed): what a player knows of its own side, beyond what the public log reveals.
-			teams: Object.fromEntries(battle.sides.map(s => [s.id, s.team.map(ownSet)])),
+			// Each player's own team as its first request showed it (random formats build it
+			// from the seed): what a player knows of its own side beyond the public log, in the
+			// very form a live player gets it (pokeagent/eval/agent.py reads the same fields).
+			teams: Object.fromEntries(battle.sides.map(s => [s.id, sheetOf(this.firstRequests[s.id]) || s.team.map(ownSet)])),
 		};
 	}
 }
@@ -368,6 +371,15 @@ function ownSet(set) {
 		name: set.name, species: set.species, item: set.item, ability: set.ability,
 		moves: set.moves.slice(), level: set.level, teraType: set.teraType, gender: set.gender,
 	};
+}
+
+/** A team sheet from a request: species as the battle shows it (Minior-Meteor, not Minior). */
+function sheetOf(request) {
+	if (!request || !request.side) return null;
+	return request.side.pokemon.map(p => ({
+		name: p.ident.slice(p.ident.indexOf(': ') + 2), species: p.details.split(',')[0],
+		item: p.item, ability: p.baseAbility || p.ability, moves: p.moves.slice(), teraType: p.teraType,
+	}));
 }
 
 function replayItem(item) {
