@@ -47,14 +47,15 @@ def plot(report: dict, path: Path) -> None:
     kinds = [k for k, s in report["opponents"].items() if s["win_rate"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     rates = [100 * report["opponents"][k]["win_rate"] for k in kinds]
+    # max(0, ...): a 0% or 100% rate sits on its interval's edge (up to rounding).
     errors = [
         [
-            rate - 100 * report["opponents"][k]["ci95"][0]
-            for k, rate in zip(kinds, rates, strict=True)
+            max(0.0, r - 100 * report["opponents"][k]["ci95"][0])
+            for k, r in zip(kinds, rates, strict=True)
         ],
         [
-            100 * report["opponents"][k]["ci95"][1] - rate
-            for k, rate in zip(kinds, rates, strict=True)
+            max(0.0, 100 * report["opponents"][k]["ci95"][1] - r)
+            for k, r in zip(kinds, rates, strict=True)
         ],
     ]
     labels = [OPPONENT_NAMES.get(k, k).removesuffix("Player") for k in kinds]
