@@ -70,3 +70,17 @@ def test_wilson_interval():
     assert low == pytest.approx(0.8256, abs=1e-3) and high == pytest.approx(0.9448, abs=1e-3)
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_report_plots_perfect_records(tmp_path):
+    """A 100% (or 0%) rate sits on its Wilson interval's edge, up to rounding: still plots."""
+    from pokeagent.eval.report import plot
+
+    games = 10
+    report = {"model": "tiny", "step": 1, "ratings": {"agent": 1400.0, "random": 1000.0}}
+    report["opponents"] = {
+        "random": {"win_rate": 1.0, "ci95": list(wilson_interval(games, games))},
+        "maxpower": {"win_rate": 0.0, "ci95": list(wilson_interval(0, games))},
+    }
+    plot(report, tmp_path / "battles.png")
+    assert (tmp_path / "battles.png").read_bytes()[:4] == b"\x89PNG"
