@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pokeagent.data.parse import Encoder, SkipBattle, Trajectory, parse_replay
-from pokeagent.data.replay import Replay
+from pokeagent.data.replay import Replay, own_teams
 from pokeagent.showdown import actions as A
 
 _KINDS = {"team_preview": A.TEAM_PREVIEW, "turn": A.TURN, "forced_switch": A.FORCED_SWITCH}
@@ -92,10 +92,14 @@ def audit_trajectory(
             )
 
 
-def audit(records: Iterable[dict], encoder: Encoder | None = None) -> AuditReport:
+def audit(
+    records: Iterable[dict], encoder: Encoder | None = None, team_sheets: bool = True
+) -> AuditReport:
     """Audit battle records (simtool's shape: id, format, players, log, winner, decisions).
 
-    With `encoder`, every decision is also encoded, as when packing.
+    With `encoder`, every decision is also encoded, as when packing. `team_sheets` gives the
+    parser each player's team sheet from the record, as `pack` does for generated battles;
+    without, it reads own teams in hindsight, as for public replays.
     """
     report = AuditReport()
     for record in records:
@@ -109,6 +113,7 @@ def audit(records: Iterable[dict], encoder: Encoder | None = None) -> AuditRepor
             log=record["log"],
             winner=record.get("winner"),
             source="audit",
+            teams=own_teams(record.get("teams")) if team_sheets else None,
         )
         try:
             trajectories = parse_replay(replay, encoder=encoder)

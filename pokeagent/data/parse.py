@@ -689,6 +689,12 @@ def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Traject
     _check_battle(msgs, final)
     hindsight = build_hindsight(final)
     hindsight = with_known_teams(hindsight, replay, final.gen)
+    if any(
+        m.species.startswith(ILLUSION_SPECIES) for team in hindsight.team.values() for m in team
+    ):
+        # A team sheet names the Zoroark the log may never unmask: its switches and moves
+        # would be read as the disguise's.
+        raise SkipBattle("illusion")
     banned = set()
     for msg in msgs:
         if msg.kind == "rule" and msg.arg(0).startswith("Terastal Clause"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import cache
 
 from pokeagent.showdown import actions as A
-from pokeagent.showdown.dex import Dex
+from pokeagent.showdown.dex import Dex, to_id
 from pokeagent.showdown.state import normalise
 
 
@@ -31,6 +31,9 @@ def display_name(kind: str, name: str | None, gen: int) -> str | None:
         return name
     getter = {"moves": _dex().move, "items": _dex().item, "abilities": _dex().ability}[kind]
     record = getter(name, gen, include_future=True)
+    if record and record["id"] != to_id(record["name"]):
+        # A variant named after its base: the log prints "Hidden Power", not "... Fire 60".
+        record = getter(record["id"], gen, include_future=True) or record
     return record["name"] if record else name
 
 
