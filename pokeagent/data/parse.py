@@ -283,6 +283,12 @@ class _Reconstruction:
         slot = self._slot(side, active.name) if active is not None else None
         moves = self.hind.team[side][slot].moves if slot is not None else []
         usable = _MOVE_SLOTS
+        if active is not None and "mustrecharge" in active.volatiles:
+            # Recharging: the one option is the request's "Recharge", played as slot 0 (as the
+            # live agent maps it); no switch, no gimmick.
+            mask = np.zeros(A.N_ACTIONS, dtype=bool)
+            mask[A.MOVE_BASE] = True
+            return mask
         if moves and active is not None:
             # The item it holds now: a Choice item knocked off or tricked away locks nothing.
             item = active.item if active.item is not None else self.hind.team[side][slot].item

@@ -97,6 +97,8 @@ class Observation:
     position: int
     """Protocol lines seen before it: a new request with no line in between (a choice the
     server refused, e.g. a switch out of a trap the agent could not see) is the same decision."""
+    struggling: bool = False
+    """The request offers only Struggle: every move is out of PP, which no log shows."""
 
 
 @dataclass
@@ -191,16 +193,22 @@ class LiveView:
             active = (request.get("active") or [{}])[0] if kind == A.TURN else {}
             if kind == A.TURN:
                 self._move_choices(active, members, request, gen, legal, choices)
+            # Revival Blessing asks for a fainted member, as a forced switch does for a healthy one.
+            reviving = any(p.get("reviving") for p in request["side"]["pokemon"])
             if kind == A.FORCED_SWITCH or not active.get("trapped"):
                 for n, pokemon in enumerate(request["side"]["pokemon"]):
                     name = pokemon["ident"].split(": ", 1)[1]
-                    if pokemon.get("active") or pokemon["condition"].endswith("fnt"):
+                    fainted = pokemon["condition"].endswith("fnt")
+                    if pokemon.get("active") or fainted != reviving:
                         continue
                     if name in slot_of_name:
                         action = A.switch_action(slot_of_name[name])
                         legal[action], choices[action] = True, f"switch {n + 1}"
         arrays = encode(self.state, self.side, hindsight, kind)
-        return Observation(kind, arrays, legal, choices, request.get("rqid"), self.lines)
+        moves = [m.get("id") for m in ((request.get("active") or [{}])[0].get("moves") or [])]
+        return Observation(
+            kind, arrays, legal, choices, request.get("rqid"), self.lines, moves == ["struggle"]
+        )
 
     def _move_choices(self, active, members, request, gen, legal, choices) -> None:
         active_name = next(

@@ -21,7 +21,10 @@ def wilson_interval(wins: float, games: int, z: float = Z95) -> tuple[float, flo
     p = wins / games
     centre = (p + z * z / (2 * games)) / (1 + z * z / games)
     half = z * math.sqrt(p * (1 - p) / games + z * z / (4 * games * games)) / (1 + z * z / games)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0% or 100% the bound is exact (the formula leaves rounding crumbs there).
+    low = 0.0 if wins <= 0 else max(0.0, centre - half)
+    high = 1.0 if wins >= games else min(1.0, centre + half)
+    return low, high
 
 
 def bradley_terry(

@@ -625,6 +625,8 @@ class BattleState:
             return
         key = normalise(effect_name(msg.arg(1)))
         mon.volatiles.discard(key)
+        if "partiallytrapped" in msg.tags:  # `|-end|POKEMON|Whirlpool|[partiallytrapped]`
+            mon.volatiles.discard("partiallytrapped")
         if key == "encore":
             mon.encored_move = None
         if key == "disable":
@@ -684,6 +686,10 @@ class BattleState:
             # Frisk reveals the target's item; the Pokémon named is the target.
             gained = False
         mon.item = item
+        if gained:
+            # An item taking effect mid-battle starts afresh: a Choice item locks only from
+            # the next move (the simulator drops the lock when one arrives, Trick included).
+            mon.last_move = None
         if not gained and mon.first_item is None:
             mon.first_item = item
         if source and effect_kind(source) == "ability":
