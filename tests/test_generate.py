@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import pytest
 
+from pokeagent.data.audit import generated_records
 from pokeagent.data.generate import GenerateConfig, generate
 
 # The public replay's keys, plus each player's own team sheet (not on the public site).
@@ -141,6 +142,10 @@ def test_sim_random_is_deterministic_and_valid(showdown_package, tmp_path):
     assert {r["id"] for r in first}.isdisjoint({r["id"] for r in other})
     kinds = {d["kind"] for t in truth for d in t["decisions"]}
     assert {"turn", "forced_switch"} <= kinds
+    # The audit reads a generated folder with the players' team sheets, as pack does.
+    records = list(generated_records(tmp_path / "a"))
+    assert [r["teams"] for r in records] == [r["teams"] for r in first]
+    assert all(r["teams"]["p1"] and r["teams"]["p2"] for r in records)
 
 
 def test_team_format_with_generated_teams(showdown_package, tmp_path):

@@ -140,4 +140,9 @@ def generated_records(folder) -> Iterable[dict]:
                 raise ValueError(
                     f"{folder}: replays.jsonl and ground_truth.jsonl disagree at {replay['id']}"
                 )
-            yield {**truth, "format": replay["formatid"], "log": replay["log"]}
+            yield {
+                **truth,
+                "format": replay["formatid"],
+                "log": replay["log"],
+                "teams": replay.get("teams"),
+            }
