@@ -12,6 +12,28 @@ from dataclasses import dataclass, field
 
 _TAG = re.compile(r"^\[(\w+)\]\s*(.*)$")
 
+ROOM_LINES = frozenset(
+    {
+        "t:",
+        "j",
+        "J",
+        "l",
+        "L",
+        "n",
+        "N",
+        "c",
+        "c:",
+        "chat",
+        "raw",
+        "html",
+        "uhtml",
+        "uhtmlchange",
+        "inactive",
+        "inactiveoff",
+    }
+)
+"""Kinds of lines about the room, not the battle: the timer, chat, people coming and going."""
+
 
 @dataclass(slots=True)
 class Message:

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pokeagent.showdown.protocol import (
+    ROOM_LINES,
     Message,
     effect_kind,
     effect_name,
@@ -75,25 +76,9 @@ TRACKED_VOLATILES = frozenset(
     }
 )
 
-KNOWN_IGNORED = frozenset(
+KNOWN_IGNORED = ROOM_LINES | frozenset(
     {
         "",
-        "t:",
-        "j",
-        "J",
-        "l",
-        "L",
-        "n",
-        "N",
-        "c",
-        "c:",
-        "chat",
-        "raw",
-        "html",
-        "uhtml",
-        "uhtmlchange",
-        "inactive",
-        "inactiveoff",
         "timestamp",
         "rated",
         "rule",
