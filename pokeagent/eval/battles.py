@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import random
 import time
 from collections import Counter
@@ -28,7 +27,7 @@ from poke_env.ps_client.account_configuration import AccountConfiguration
 from tqdm import tqdm
 
 from pokeagent.eval.agent import AgentPlayer, NetworkPolicy
-from pokeagent.eval.checkpoint import load_network
+from pokeagent.eval.checkpoint import eval_dir, load_network
 from pokeagent.eval.ratings import bradley_terry, wilson_interval
 from pokeagent.showdown.players import BASELINES, make_baseline, unique_name
 
@@ -81,6 +80,15 @@ class OpponentResult:
     error_kinds: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def count_error(self, kind: str, times: int = 1) -> None:
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + times
+
+    def collect(self, agent: AgentPlayer) -> None:
+        """Take in an agent player's error counts (before it is replaced or retired)."""
+        self.agent_errors += agent.agent_errors
+        for kind, times in agent.error_kinds.items():
+            self.count_error(kind, times)
+
     @property
     def games(self) -> int:
         return self.wins + self.losses + self.ties
@@ -91,19 +99,9 @@ class OpponentResult:
         return {
             **asdict(self),
             "games": self.games,
-            "win_rate": score / self.games if self.games else float("nan"),
+            "win_rate": score / self.games if self.games else None,
             "ci95": [low, high],
         }
-
-
-def default_out(weights: Path, step: int) -> Path:
-    # .../<run>/checkpoints/<tag>/model.safetensors -> .../<run>/eval/battles-step<N>
-    run_dir = (
-        weights.parent.parent.parent
-        if weights.parent.parent.name == "checkpoints"
-        else weights.parent
-    )
-    return run_dir / "eval" / f"battles-step{max(step, 0)}"
 
 
 async def _play_opponent(
@@ -149,9 +147,7 @@ async def _play_opponent(
             hung = False
         except Exception as error:  # TimeoutError, a lost connection: count it and play on
             hung = True
-            result.error_kinds[f"play: {type(error).__name__}"] = (
-                result.error_kinds.get(f"play: {type(error).__name__}", 0) + 1
-            )
+            result.count_error(f"play: {type(error).__name__}")
         new = [agent.battles[tag] for tag in agent.battles if tag not in before]
         finished = [battle for battle in new if battle.finished]
         for battle in finished:
@@ -166,18 +162,13 @@ async def _play_opponent(
                 scores.append(0.5)
         result.errors += chunk - len(finished)
         if hung:
-            result.agent_errors += agent.agent_errors
-            for key, count in agent.error_kinds.items():
-                result.error_kinds[key] = result.error_kinds.get(key, 0) + count
+            result.collect(agent)
             await retire(players)
             players = new_players()
         remaining -= chunk
         bar.update(chunk)
         bar.set_postfix_str(f"vs {kind}: {result.wins}/{result.games} won")
-    agent = players[0]
-    result.agent_errors += agent.agent_errors
-    for key, count in agent.error_kinds.items():
-        result.error_kinds[key] = result.error_kinds.get(key, 0) + count
+    result.collect(players[0])
     await retire(players)
     result.seconds = time.monotonic() - started
     return result, scores
@@ -203,7 +194,9 @@ def evaluate_battles(cfg: BattleEvalConfig, progress: bool = True) -> dict:
     random.seed(cfg.seed)  # poke-env's baselines draw from the global RNG
     torch.manual_seed(cfg.seed)
     policy = NetworkPolicy(loaded.net, temperature=cfg.temperature, seed=cfg.seed)
-    out = Path(cfg.out) if cfg.out else default_out(loaded.weights, loaded.step)
+    out = (
+        Path(cfg.out) if cfg.out else eval_dir(loaded.weights, f"battles-step{max(loaded.step, 0)}")
+    )
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with ShowdownServer() as server:
@@ -222,10 +215,6 @@ def evaluate_battles(cfg: BattleEvalConfig, progress: bool = True) -> dict:
         "errors": dict(
             sum((Counter(r.error_kinds) for r in results.values()), Counter()).most_common()
         ),
-    }
-    report["opponents"] = {
-        kind: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}
-        for kind, s in report["opponents"].items()
     }
     (out / "battles.json").write_text(json.dumps(report, indent=2))
     write_report(report, out)

@@ -57,6 +57,17 @@ def resolve_weights(path: str | Path) -> Path:
     )
 
 
+def run_dir_of(weights: Path) -> Path | None:
+    """The run directory of `<run>/checkpoints/<tag>/model.safetensors`, else None."""
+    return weights.parents[2] if weights.parent.parent.name == "checkpoints" else None
+
+
+def eval_dir(weights: Path, name: str) -> Path:
+    """Where an evaluation of `weights` writes by default: `<run>/eval/<name>`, or beside a
+    weights file that is not in a run directory."""
+    return (run_dir_of(weights) or weights.parent) / "eval" / name
+
+
 def load_network(path: str | Path, device: str | torch.device = "cpu") -> LoadedNetwork:
     """The network of a checkpoint, weights loaded strictly, in eval mode."""
     from safetensors import safe_open

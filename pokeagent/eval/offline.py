@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from pokeagent.data.heldout import read_trajectories, shard_paths
+from pokeagent.eval.checkpoint import eval_dir, load_network, run_dir_of
 from pokeagent.model.metrics import evaluate, scalars
 
 
@@ -123,15 +124,10 @@ def write_tensorboard(metrics: dict, log_dir: Path, step: int, prefix: str = "of
             writer.add_scalar(name, value, step)
 
 
-def _run_dir(weights: Path) -> Path | None:
-    """The run directory of `<run>/checkpoints/<tag>/model.safetensors`, else None."""
-    return weights.parents[2] if weights.parent.parent.name == "checkpoints" else None
-
-
 def default_window(weights: Path, max_window: int) -> int:
     """The run's training window (config.json): longer chunks would use positions it never
     trained; else the model's max_window."""
-    run_dir = _run_dir(weights)
+    run_dir = run_dir_of(weights)
     config = run_dir / "config.json" if run_dir else None
     if config is not None and config.is_file():
         window = json.loads(config.read_text()).get("train", {}).get("window")
@@ -143,8 +139,6 @@ def default_window(weights: Path, max_window: int) -> int:
 def run_offline_eval(cfg: OfflineEvalConfig) -> dict:
     """Load, evaluate, write `offline.json`, `offline.md` (and TensorBoard); return the metrics
     (with `out`, the folder written)."""
-    from pokeagent.eval.checkpoint import load_network
-
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_network(cfg.checkpoint, device)
     max_window = loaded.net.cfg.max_window
@@ -161,16 +155,12 @@ def run_offline_eval(cfg: OfflineEvalConfig) -> dict:
         device,
     )
     metrics |= {"checkpoint": str(loaded.weights), "step": loaded.step, "shards": paths}
-    run_dir = _run_dir(loaded.weights)
-    out = (
-        Path(cfg.out)
-        if cfg.out
-        else (run_dir or loaded.weights.parent) / "eval" / f"offline-step{loaded.step}"
-    )
+    out = Path(cfg.out) if cfg.out else eval_dir(loaded.weights, f"offline-step{loaded.step}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "offline.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "offline.md").write_text(markdown(metrics))
     if cfg.tensorboard:
+        run_dir = run_dir_of(loaded.weights)
         write_tensorboard(metrics, (run_dir / "tb") if run_dir else out / "tb", loaded.step)
     metrics["out"] = str(out)
     return metrics
