@@ -75,9 +75,18 @@ class DecisionEncoder(nn.Module):
         self.gimmick_offset = nn.Parameter(torch.zeros(cfg.d_model))
         self.switch_action = nn.Linear(cfg.d_entity, cfg.d_model)
 
-    def _move_facts(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def _move_facts(
+        self,
+        tokens: torch.Tensor,
+        features: torch.Tensor,
+        active: torch.Tensor,
+        own_active: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
         """[N, 12, 4, N_MOVE_FACTS]: each move's dex facts and how it fares against the
-        opposing active Pokémon (rows 0-5 attack the opponent's active, rows 6-11 ours)."""
+        opposing active Pokémon (rows 0-5 attack the opponent's active, rows 6-11 ours).
+        `active` [N, 12] flags the active rows, `own_active` [N] is our active's row and
+        `rows` is arange(N)."""
         moves = tokens[..., 3:7]
         move_type = self.move_type[moves]  # [N, 12, 4]
         tera = tokens[..., 7]
@@ -89,10 +98,7 @@ class DecisionEncoder(nn.Module):
             torch.stack([tera, torch.zeros_like(tera)], dim=-1),
             own_types,
         )
-        active = features[..., ACTIVE] > 0.5  # [N, 12]
-        own_active = active[:, :6].float().argmax(-1)
         opp_active = active[:, 6:].float().argmax(-1) + 6
-        rows = torch.arange(tokens.shape[0], device=tokens.device)
         target = torch.cat(
             [
                 defending[rows, opp_active].unsqueeze(1).expand(-1, 6, -1),
@@ -126,7 +132,10 @@ class DecisionEncoder(nn.Module):
         """tokens [N, 12, 8] long, features [N, 12, F], globals [N, G] ->
         decision vectors [N, d_model], action vectors [N, N_ACTIONS, d_model]."""
         dtype = features.dtype
-        move_facts = self._move_facts(tokens, features).to(dtype)
+        active = features[..., ACTIVE] > 0.5  # [N, 12]
+        own_active = active[:, : A.N_TEAM].float().argmax(-1)  # our active's row (0 if none)
+        index = torch.arange(tokens.shape[0], device=tokens.device)
+        move_facts = self._move_facts(tokens, features, active, own_active, index).to(dtype)
         moves = self.move(tokens[..., 3:7]).flatten(-2)
         rows = torch.cat(
             [
@@ -145,8 +154,6 @@ class DecisionEncoder(nn.Module):
         entities = torch.cat([self.global_in(globals_).unsqueeze(1), rows], dim=1)
         mixed = self.mixer(entities)
         own_rows = mixed[:, 1 : 1 + A.N_TEAM]  # [N, 6, d_entity]: the switch targets
-        own_active = (features[:, : A.N_TEAM, ACTIVE] > 0.5).float().argmax(-1)
-        index = torch.arange(tokens.shape[0], device=tokens.device)
         active_row = own_rows[index, own_active]  # [N, d_entity]
         move_in = torch.cat(
             [active_row.unsqueeze(1).expand(-1, A.N_MOVES, -1), move_facts[index, own_active]],
