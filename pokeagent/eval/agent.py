@@ -32,36 +32,12 @@ from pokeagent.data.encode import encode
 from pokeagent.data.parse import Hindsight
 from pokeagent.data.teams import display_name, members_from_sets
 from pokeagent.showdown import actions as A
-from pokeagent.showdown.protocol import parse_line
+from pokeagent.showdown.protocol import ROOM_LINES, parse_line
 from pokeagent.showdown.state import BattleState
 
 # Lines that tell the player something other than a battle event (a refused choice, the timer,
 # chat): they do not make a new decision point.
-_NOT_EVENTS = frozenset(
-    {
-        "error",
-        "bigerror",
-        "inactive",
-        "inactiveoff",
-        "t:",
-        "c",
-        "c:",
-        "chat",
-        "raw",
-        "html",
-        "uhtml",
-        "uhtmlchange",
-        "j",
-        "J",
-        "l",
-        "L",
-        "n",
-        "N",
-        "callback",
-        "sentchoice",
-        "request",
-    }
-)
+_NOT_EVENTS = ROOM_LINES | {"error", "bigerror", "callback", "sentchoice", "request"}
 _SECRET_HP = re.compile(r"^(\d+)/(\d+)(.*)$")
 # Lines whose HP field (index in `line.split("|")`) a player sees exactly for its own Pokémon.
 _HP_FIELD = {"switch": 4, "drag": 4, "replace": 4, "-damage": 3, "-heal": 3, "-sethp": 3}
@@ -93,7 +69,6 @@ class Observation:
     """bool [N_ACTIONS]: the request's options in the action space."""
     choices: dict[int, str]
     """action -> the Showdown choice that plays it (`move 2 terastallize`, `switch 3`...)."""
-    rqid: int | None
     position: int
     """Protocol lines seen before it: a new request with no line in between (a choice the
     server refused, e.g. a switch out of a trap the agent could not see) is the same decision."""
@@ -117,6 +92,8 @@ class LiveView:
     """`HP Percentage Mod` is on: the public HP is a percentage in every generation."""
     lines: int = 0
     """Battle-event lines received so far."""
+    _hindsight: Hindsight | None = field(default=None, init=False, repr=False)
+    _hindsight_size: int = field(default=0, init=False, repr=False)
 
     def feed(self, line: str) -> None:
         """One protocol line, as received (own HP exact); requests go to `on_request`."""
@@ -162,15 +139,15 @@ class LiveView:
                     "teraType": pokemon.get("teraType"),
                 }
 
-    def _sets(self) -> list[dict]:
-        return [
-            self.sheet[pokemon["ident"].split(": ", 1)[1]]
-            for pokemon in self.request["side"]["pokemon"]
-        ]
-
     def hindsight(self) -> Hindsight:
-        members = members_from_sets(self._sets(), self.state.gen)
-        return Hindsight(team={self.side: members}, team_size={self.side: len(members)})
+        """The own team from the sheet, built once: the sheet is complete after the first
+        request. Its order is the first request's, as in the sheet a replay carries (the
+        canonical sort keeps it for members of the same species)."""
+        if self._hindsight is None or self._hindsight_size != len(self.sheet):
+            members = members_from_sets(list(self.sheet.values()), self.state.gen)
+            self._hindsight = Hindsight({self.side: members}, {self.side: len(members)})
+            self._hindsight_size = len(self.sheet)
+        return self._hindsight
 
     def observe(self) -> Observation:
         """The current decision: arrays, legal options and the choices that play them."""
@@ -206,9 +183,7 @@ class LiveView:
                         legal[action], choices[action] = True, f"switch {n + 1}"
         arrays = encode(self.state, self.side, hindsight, kind)
         moves = [m.get("id") for m in ((request.get("active") or [{}])[0].get("moves") or [])]
-        return Observation(
-            kind, arrays, legal, choices, request.get("rqid"), self.lines, moves == ["struggle"]
-        )
+        return Observation(kind, arrays, legal, choices, self.lines, moves == ["struggle"])
 
     def _move_choices(self, active, members, request, gen, legal, choices) -> None:
         active_name = next(
