@@ -275,14 +275,12 @@ def _generate_on_server(cfg: GenerateConfig, package: Path, progress: bool) -> G
         played = asyncio.run(_play_all(cfg, server, progress))
         # The server writes each battle's log asynchronously after the battle: read them all
         # before stopping it, or the last few are lost.
-        for tag in played.battle_tags:
-            server_log = _find_server_log(logs_dir, tag)
-            if server_log is None:
+        for _tag, item, server_log in _server_items(logs_dir, played.battle_tags):
+            if item is None:
                 played.failed["server log missing"] += 1
                 continue
-            item_id = battle_id(server_log["format"], server_log["seed"])
-            items.append({"id": item_id, "input_log": server_log["inputLog"]})
-            server_winners[item_id] = server_log.get("winner") or None
+            items.append(item)
+            server_winners[item["id"]] = server_log.get("winner") or None
     writer = _Writer(cfg, played.kinds)
     writer.summary.timed_out = played.timed_out
     writer.summary.agent_errors = played.agent_errors
@@ -304,18 +302,23 @@ def rerun_server_battles(
     """(tag, record) for battles a local server played (their `.log.json` under `logs_dir`),
     re-run through the simulator: spectator log, team sheets and ground truth, as `generate`
     writes them. A battle whose server log never appeared is left out."""
-    tags, items = [], []
+    found = [(tag, item) for tag, item, _ in _server_items(logs_dir, battle_tags) if item]
+    records = simtool.replay_input_logs(package, [item for _, item in found])
+    yield from zip([tag for tag, _ in found], records, strict=True)
+
+
+def _server_items(
+    logs_dir: Path, battle_tags: list[str]
+) -> Iterator[tuple[str, dict | None, dict | None]]:
+    """(tag, simtool replay item, server log) per battle; item and log None where the server
+    log never appeared."""
     for tag in battle_tags:
         server_log = _find_server_log(logs_dir, tag)
-        if server_log is not None:
-            tags.append(tag)
-            items.append(
-                {
-                    "id": battle_id(server_log["format"], server_log["seed"]),
-                    "input_log": server_log["inputLog"],
-                }
-            )
-    yield from zip(tags, simtool.replay_input_logs(package, items), strict=True)
+        if server_log is None:
+            yield tag, None, None
+            continue
+        item_id = battle_id(server_log["format"], server_log["seed"])
+        yield tag, {"id": item_id, "input_log": server_log["inputLog"]}, server_log
 
 
 def _find_server_log(logs_dir: Path, battle_tag: str, wait_s: float = 15.0) -> dict | None:
