@@ -4,11 +4,55 @@ torch is listed as a range, not a pin: scripts/setup.sh installs the pinned torc
 (`torch==2.13.0`, or $POKEAGENT_TORCH_SPEC), and a range that the installed torch satisfies
 makes pip install nothing more. An unpinned torch resolved here would drag in GBs of CUDA
 packages on a CPU machine.
+
+The parser's hot path is compiled with mypyc when the package is built (see
+pokeagent/native.py): `mypy` is a build requirement (pyproject.toml), the extension modules are
+optional (no C compiler: the package installs uncompiled, same behaviour, slower), and
+POKEAGENT_PURE_PYTHON=1 at install time builds none.
 """
 
+import importlib.util
+import json
+import os
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+_BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install"}
+
+
+def _native_extensions() -> list:
+    """mypyc extension modules for pokeagent.native.COMPILED_MODULES, or [] (pure Python)."""
+    if not _BUILD_COMMANDS & set(sys.argv[1:]):
+        return []  # metadata only: egg_info / dist_info
+    spec = importlib.util.spec_from_file_location("_pokeagent_native", ROOT / "pokeagent/native.py")
+    native = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(native)
+    fingerprint = ROOT / "pokeagent" / native.FINGERPRINT_FILE
+    fingerprint.unlink(missing_ok=True)
+    if os.environ.get(native.PURE_ENV, "") not in ("", "0"):
+        print(f"pokeagent: {native.PURE_ENV} is set, building no compiled modules")
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        print("pokeagent: mypy is not installed, building no compiled modules (slower parser)")
+        return []
+    sources = [str(native.source_path(m).relative_to(ROOT)) for m in native.COMPILED_MODULES]
+    # One group: the modules call each other as C functions, through one shared library.
+    # numpy and the rest are not installed in the build environment: typed as Any.
+    extensions = mypycify(
+        ["--ignore-missing-imports", *sources],
+        opt_level="3",
+        separate=[(sources, "pokeagent_native")],
+    )
+    for extension in extensions:
+        extension.optional = True  # no C compiler: install uncompiled rather than fail
+    fingerprint.write_text(json.dumps(native.fingerprints(), indent=1) + "\n")
+    return extensions
+
 
 setup(
     name="pokeagent",
@@ -18,7 +62,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["pokeagent", "pokeagent.*"]),
-    package_data={"pokeagent.showdown": ["*.js", "data/*.json.gz"]},
+    package_data={"pokeagent.showdown": ["*.js", "data/*.json.gz"], "pokeagent": ["*.json"]},
+    ext_modules=_native_extensions(),
     install_requires=[
         "torch>=2.4",
         "deepspeed>=0.19.8,<0.20",

@@ -5,3 +5,7 @@ replays to shards, `model/` is the network, `train/` runs DeepSpeed, `eval/` pla
 """
 
 __version__ = "0.1.0"
+
+from pokeagent import native as _native
+
+_native.guard()  # before anything imports a compiled module: a stale build runs from source

@@ -31,9 +31,11 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
 fi
 
-# Reinstall the package only when its install recipe changed since the last install.
+# Reinstall the package only when its install recipe changed since the last install, or when
+# the parser's compiled modules no longer match their sources (pokeagent/native.py).
 STAMP="$VENV/.pokeagent-installed"
-if [ ! -f "$STAMP" ] || [ "$REPO/setup.py" -nt "$STAMP" ] || ! "$PY" -c "import pokeagent" >/dev/null 2>&1; then
+if [ ! -f "$STAMP" ] || [ "$REPO/setup.py" -nt "$STAMP" ] \
+  || ! "$PY" -W ignore -c "import sys, pokeagent.native as n; sys.exit(n.needs_rebuild())" >/dev/null 2>&1; then
   say "installing pokeagent (editable) with dev extras"
   "$PY" -m pip install --quiet --disable-pip-version-check -e "$REPO[dev]"
   touch "$STAMP"

@@ -8,5 +8,6 @@ cd "$REPO"
 echo "[test] ruff"
 ruff check .
 ruff format --check .
+echo "[test] parser build: $(python -c 'import pokeagent.native as n; print(n.mode())')"
 echo "[test] pytest"
 python -m pytest "$@"

@@ -21,6 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from pokeagent import native
 from pokeagent.data.encode import encode
 from pokeagent.data.parse import SkipBattle, parse_replay
 from pokeagent.data.replay import Replay
@@ -35,6 +36,8 @@ class ParseBenchResult:
     decisions: int
     seconds: float
     poke_env_seconds: float
+    mode: str = ""
+    """pokeagent.native.mode(): 'compiled', or why the parser ran uncompiled."""
 
     @property
     def replays_per_s(self) -> float:
@@ -49,6 +52,7 @@ class ParseBenchResult:
         return "\n".join(
             [
                 f"corpus: {self.replays} replays, {self.decisions} decisions (both sides)",
+                f"pokeagent parser build: {self.mode}",
                 f"pokeagent parse+encode, 2 POVs: {self.replays_per_s:8.1f} replays/s  {self.decisions / self.seconds:9.0f} decisions/s",
                 f"poke-env Battle tracking, 1 POV: {self.poke_env_replays_per_s:8.1f} replays/s",
                 f"ratio pokeagent / poke-env:      {ratio:8.2f}x",
@@ -131,5 +135,9 @@ def run_parse_bench(
             _poke_env_track(replay)
         theirs += time.perf_counter() - started
     return ParseBenchResult(
-        replays=len(replays), decisions=decisions, seconds=ours, poke_env_seconds=theirs
+        replays=len(replays),
+        decisions=decisions,
+        seconds=ours,
+        poke_env_seconds=theirs,
+        mode=native.mode(),
     )

@@ -24,6 +24,7 @@ for them and never the hindsight, which holds the player's own team only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import numpy as np
@@ -160,7 +161,7 @@ class _Lookups:
         self.type_index = _memo(dex.type_index)
 
 
-def _memo(lookup):
+def _memo(lookup: Callable[[str], int]) -> Callable[[str], int]:
     table: dict[str, int] = {}
 
     def index(name: str) -> int:
@@ -232,7 +233,7 @@ def _mon_features(row: np.ndarray, mon: PokemonState, own: bool, choice_locked: 
         row[_FAINTED] = 1.0
     row[_HP] = mon.hp
     row[_LEVEL] = mon.level / 100.0
-    column = _STATUS_COLUMN.get(mon.status)
+    column = _STATUS_COLUMN.get(mon.status) if mon.status else None
     if column is not None:
         row[column] = 1.0
     if mon.boosts:  # mostly empty: skip the loop
@@ -509,11 +510,14 @@ class _SideEncoder:
                 own_side.find(member.name) if member.name else None for _, member, _ in self.members
             ]
         for (row, member, moves), live in zip(self.members, self.lives, strict=True):
-            if live is row_mon[row] and (live is None or live.version == row_version[row]):
-                continue
+            key: tuple
             if live is None:
+                if row_mon[row] is None:
+                    continue
                 key = (row,)
             else:
+                if live is row_mon[row] and live.version == row_version[row]:
+                    continue
                 key = (row, live.forme, live.ability, live.item, live.tera_type)
             token = token_rows.get(key)
             if token is None:
@@ -538,16 +542,16 @@ class _SideEncoder:
         for row, mon in self.opp_rows:
             if mon is row_mon[row] and mon.version == row_version[row]:
                 continue
-            key = (
+            opp_key: tuple = (
                 mon.forme,
                 mon.ability,
                 mon.item,
                 tuple(mon.moves[: A.N_MOVES]),
                 mon.tera_type if mon.terastallized else None,
             )
-            token = token_rows.get(key)
+            token = token_rows.get(opp_key)
             if token is None:
-                token = self._token_row(key, _opponent_tokens(dex, mon))
+                token = self._token_row(opp_key, _opponent_tokens(dex, mon))
             current_tokens[row] = token
             index = self._feature_row()
             _mon_features(self.features[index], mon, False, False)

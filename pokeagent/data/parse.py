@@ -289,7 +289,7 @@ class _Reconstruction:
             mask = np.zeros(A.N_ACTIONS, dtype=bool)
             mask[A.MOVE_BASE] = True
             return mask
-        if moves and active is not None:
+        if moves and active is not None and slot is not None:
             # The item it holds now: a Choice item knocked off or tricked away locks nothing.
             item = active.item if active.item is not None else self.hind.team[side][slot].item
             locked = active.encored_move or (active.last_move if _choice_locked(item) else None)
@@ -520,15 +520,9 @@ class _Reconstruction:
         decision = self._open(ref.side, A.FORCED_SWITCH, mask)
         slot = self.hind.slot_of(ref.side, ref.name)
         if slot is not None:
-            species = self.hind.team[ref.side][slot].species
-            self._label(
-                decision,
-                A.switch_action(slot),
-                {
-                    "type": "switch",
-                    "species": live.find(ref.name).species if live.find(ref.name) else species,
-                },
-            )
+            revived = live.find(ref.name)
+            species = revived.species if revived else self.hind.team[ref.side][slot].species
+            self._label(decision, A.switch_action(slot), {"type": "switch", "species": species})
 
     def _on_drag(self, msg: Message) -> None:
         self._forced_out(msg)
@@ -571,10 +565,9 @@ class _Reconstruction:
             return
         if side not in self.pending_forced:
             self._open_forced_switches(side, self_switch="from" in msg.tags)
-        decision = self.pending_forced.pop(side, None)
-        if decision is not None:
+        if side in self.pending_forced:
             label, info = self._switch_label(side, ref.name, species)
-            self._label(decision, label, info)
+            self._label(self.pending_forced.pop(side), label, info)
 
     def _open_forced_switches(self, switching_side: str, self_switch: bool) -> None:
         """Open forced-switch decisions for this side and every side whose active has fainted:
@@ -664,14 +657,16 @@ def _messages(log: str) -> list[tuple[int, Message]]:
         wanted = read.get(kind)
         if wanted or (wanted is None and _is_read(kind)):
             if "[" in line:
-                numbered.append((index, parse_line(line)))
+                msg = parse_line(line)
+                if msg is not None:
+                    numbered.append((index, msg))
             else:  # no tags: `parse_line` without its checks
                 numbered.append((index, Message(kind, line.split("|")[2:], {}, line)))
     return numbered
 
 
 def _choice_locked(item: str | None) -> bool:
-    return bool(item) and item.startswith("Choice ")
+    return item is not None and item.startswith("Choice ")
 
 
 def parse_replay(replay: Replay, encoder: Encoder | None = None) -> tuple[Trajectory, Trajectory]:

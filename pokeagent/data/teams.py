@@ -56,7 +56,7 @@ def members_from_sets(sets: list[dict], gen: int, hindsight_members=()) -> list:
         species = _species_name(pokemon["species"], gen)
         name = pokemon.get("name") or species
         seen = revealed.get(name)
-        moves = [display_name("moves", move, gen) for move in pokemon["moves"][: A.N_MOVES]]
+        moves = [display_name("moves", move, gen) or move for move in pokemon["moves"][: A.N_MOVES]]
         tera = pokemon.get("teraType") if gen == 9 else None
         held = _dex().item(pokemon["item"], gen) if pokemon.get("item") else None
         members.append(

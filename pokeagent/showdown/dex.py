@@ -218,7 +218,8 @@ class Dex:
         # folded ids of display names that differ from the data key ("flabebe" for Flabébé).
         self._aliases: dict[str, dict[str, str]] = {}
         for kind, table in self._tables.items():
-            key_id, aliases = {}, {}
+            key_id: dict[str, str] = {}
+            aliases: dict[str, str] = {}
             for key, recs in table.items():
                 # The newest listed gen holds the full record (older gens hold deltas).
                 full = recs[max((g for g, r in recs.items() if r is not None), key=int)]

@@ -12,6 +12,7 @@ with every Showdown release, and a new message must never crash a million-replay
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pokeagent.showdown.protocol import (
@@ -814,7 +815,7 @@ def _is_max_or_z(move: str, msg: Message) -> bool:
     return move.startswith(("Max ", "G-Max ")) or "zeffect" in msg.tags
 
 
-_HANDLERS = {
+_HANDLERS: dict[str, Callable[[BattleState, Message], None]] = {
     "player": BattleState._player,
     "teamsize": BattleState._teamsize,
     "gen": BattleState._gen,

@@ -1,0 +1,116 @@
+"""The parser's compiled core: which modules mypyc compiles, and the guard against a stale build.
+
+Parsing a replay into two encoded trajectories is pure Python, written to be compiled: at
+install time `setup.py` compiles `COMPILED_MODULES` with mypyc (the same sources, typed; about
+2x faster) into extension modules beside them, and records each source's sha256 in
+`FINGERPRINT_FILE`. Python prefers an extension module over the `.py` of the same name, so an
+edit to one of these sources would silently keep running the old compiled code; `guard()`
+(run when `pokeagent` is imported) checks the fingerprints and, when a source changed since the
+build, a module is missing its build, or `POKEAGENT_PURE_PYTHON=1` is set, loads all of them from
+source instead (all or none: compiled modules call each other directly). A stale build also
+warns: rebuild with `pip install -e .` (or `scripts/setup.sh`).
+
+Without a C compiler or mypy at install time the package installs uncompiled and runs the same
+code, slower. `pokeagent bench parse` prints which one it measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+COMPILED_MODULES = (
+    "pokeagent.showdown.actions",
+    "pokeagent.showdown.protocol",
+    "pokeagent.showdown.state",
+    "pokeagent.data.encode",
+    "pokeagent.data.parse",
+)
+"""The hot path of `parse_replay` and the live agent's encoder (they import only each other,
+the dex and numpy at run time)."""
+
+PURE_ENV = "POKEAGENT_PURE_PYTHON"
+"""Set to 1 to run the pure-Python sources even where a compiled build exists (at install time:
+build none)."""
+
+FINGERPRINT_FILE = "native_build.json"
+"""Written by setup.py beside this module: {module: sha256 of the source it was built from}."""
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_mode = "pure"
+
+
+def source_path(module: str) -> Path:
+    return _PACKAGE_ROOT.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def fingerprints() -> dict[str, str]:
+    """sha256 of each compiled module's source as it is now."""
+    return {m: hashlib.sha256(source_path(m).read_bytes()).hexdigest() for m in COMPILED_MODULES}
+
+
+def _built(module: str) -> bool:
+    path = source_path(module)
+    return any(
+        path.with_name(path.stem + suffix).exists()
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+    )
+
+
+def mode() -> str:
+    """'compiled' when the compiled modules run, else 'pure (<why>)'."""
+    return _mode
+
+
+def needs_rebuild() -> bool:
+    """A compiled build exists but does not match the sources (scripts/setup.sh rebuilds)."""
+    return _mode.startswith(("pure (sources changed", "pure (incomplete"))
+
+
+def guard() -> None:
+    """Decide once per process whether the compiled build may run; if not, load from source."""
+    global _mode
+    built = [m for m in COMPILED_MODULES if _built(m)]
+    if not built:
+        _mode = "pure (no compiled build)"
+        return
+    reason = None
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        reason = f"{PURE_ENV} is set"
+    elif len(built) < len(COMPILED_MODULES):
+        reason = "incomplete build: " + ", ".join(sorted(set(COMPILED_MODULES) - set(built)))
+    else:
+        try:
+            recorded = json.loads((Path(__file__).parent / FINGERPRINT_FILE).read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        changed = [m for m, digest in fingerprints().items() if recorded.get(m) != digest]
+        if changed:
+            reason = "sources changed since the build: " + ", ".join(changed)
+            warnings.warn(
+                f"pokeagent: {reason}; running them uncompiled (slower). Rebuild with "
+                "`pip install -e .` (or scripts/setup.sh).",
+                stacklevel=2,
+            )
+    if reason is None:
+        _mode = "compiled"
+        return
+    _mode = f"pure ({reason})"
+    if not any(isinstance(f, _SourceFirst) for f in sys.meta_path):
+        sys.meta_path.insert(0, _SourceFirst())
+
+
+class _SourceFirst(importlib.abc.MetaPathFinder):
+    """Finds the compiled modules' `.py` sources, ahead of their extension modules."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in COMPILED_MODULES:
+            return None
+        return importlib.util.spec_from_file_location(fullname, source_path(fullname))

@@ -1,0 +1,96 @@
+"""The compiled parser core (pokeagent/native.py): same output as the sources, never stale."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_simulated_replays
+
+from pokeagent import native
+
+# Runs in a child process: one digest per trajectory (labels, masks, every array byte).
+_DIGESTS = r"""
+import hashlib, json, sys
+import numpy as np
+from pokeagent import native
+from pokeagent.data.encode import encode
+from pokeagent.data.parse import SkipBattle, parse_replay
+from pokeagent.data.sources import iter_replays
+
+out = {"mode": native.mode(), "module": __import__("pokeagent.data.parse").data.parse.__file__}
+for index, replay in enumerate(iter_replays(sys.argv[1:])):
+    try:
+        trajectories = parse_replay(replay, encoder=encode)
+    except SkipBattle as skip:
+        out[f"{index}:{replay.id}"] = "skip: " + skip.reason
+        continue
+    digests = []
+    for t in trajectories:
+        h = hashlib.sha256(json.dumps([t.side, t.player, t.outcome, t.team]).encode())
+        for d in t.decisions:
+            h.update(json.dumps([d.turn, d.kind, d.action, d.action_info, d.line]).encode())
+            h.update(np.asarray(d.legal, dtype=bool).tobytes())
+            for key in ("tokens", "features", "globals"):
+                h.update(np.ascontiguousarray(d.obs[key]).tobytes())
+        digests.append(h.hexdigest())
+    out[f"{index}:{replay.id}"] = digests
+print(json.dumps(out))
+"""
+
+
+def _digests(pure: bool, paths: list[Path]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    if pure:
+        env[native.PURE_ENV] = "1"
+    result = subprocess.run(
+        [sys.executable, "-c", _DIGESTS, *map(str, paths)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
+@pytest.mark.skipif(
+    native.mode() != "compiled", reason=f"no compiled parser build ({native.mode()})"
+)
+def test_compiled_parser_equals_pure_python(shared_replays, showdown_package, tmp_path):
+    simulated = write_simulated_replays(
+        showdown_package, tmp_path / "sim.jsonl", 40, 5, move_prob=0.8, tera_prob=0.2
+    )
+    paths = [shared_replays / "human", shared_replays / "serverlogs", simulated]
+    compiled, pure = _digests(False, paths), _digests(True, paths)
+    assert compiled.pop("mode") == "compiled" and compiled.pop("module").endswith(".so")
+    assert pure.pop("mode").startswith("pure") and pure.pop("module").endswith(".py")
+    parsed = [k for k, v in pure.items() if isinstance(v, list)]
+    assert len(parsed) > 20
+    assert compiled == pure
+
+
+def test_a_changed_source_runs_uncompiled(monkeypatch):
+    """A build whose sources changed since must not run: guard() loads them from source."""
+    mode, meta_path = native._mode, list(sys.meta_path)
+    built = all(native._built(m) for m in native.COMPILED_MODULES)
+    monkeypatch.setattr(native, "fingerprints", lambda: dict.fromkeys(native.COMPILED_MODULES, "x"))
+    try:
+        if built:
+            with pytest.warns(UserWarning, match="sources changed since the build"):
+                native.guard()
+            assert native.mode().startswith("pure (sources changed")
+            assert native.needs_rebuild()
+            finder = sys.meta_path[0]
+            spec = finder.find_spec("pokeagent.data.parse")
+            assert spec is not None and spec.origin.endswith("parse.py")
+            assert finder.find_spec("pokeagent.data.shards") is None
+        else:
+            native.guard()
+            assert native.mode() == "pure (no compiled build)" and not native.needs_rebuild()
+    finally:
+        native._mode = mode
+        sys.meta_path[:] = meta_path
