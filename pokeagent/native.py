@@ -40,6 +40,10 @@ PURE_ENV = "POKEAGENT_PURE_PYTHON"
 """Set to 1 to run the pure-Python sources even where a compiled build exists (at install time:
 build none)."""
 
+REQUIRE_ENV = "POKEAGENT_REQUIRE_COMPILED"
+"""Set to 1 (CI does) to make a failed compile fail the install, and the tests check that the
+compiled build is the one running."""
+
 FINGERPRINT_FILE = "native_build.json"
 """Written by setup.py beside this module: {module: sha256 of the source it was built from}."""
 
@@ -90,10 +94,14 @@ def guard() -> None:
         try:
             recorded = json.loads((Path(__file__).parent / FINGERPRINT_FILE).read_text())
         except (OSError, ValueError):
-            recorded = {}
-        changed = [m for m, digest in fingerprints().items() if recorded.get(m) != digest]
+            recorded = None
+        changed = [m for m, digest in fingerprints().items() if (recorded or {}).get(m) != digest]
         if changed:
-            reason = "sources changed since the build: " + ", ".join(changed)
+            reason = (
+                "sources changed since the build: " + ", ".join(changed)
+                if recorded is not None
+                else f"sources changed since the build: {FINGERPRINT_FILE} is missing"
+            )
             warnings.warn(
                 f"pokeagent: {reason}; running them uncompiled (slower). Rebuild with "
                 "`pip install -e .` (or scripts/setup.sh).",

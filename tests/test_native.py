@@ -73,6 +73,13 @@ def test_compiled_parser_equals_pure_python(shared_replays, showdown_package, tm
     assert compiled == pure
 
 
+def test_the_compiled_build_runs_where_required():
+    """CI sets POKEAGENT_REQUIRE_COMPILED=1: there the compiled build must be what runs."""
+    if os.environ.get(native.REQUIRE_ENV, "") in ("", "0"):
+        pytest.skip(f"{native.REQUIRE_ENV} is not set")
+    assert native.mode() == "compiled"
+
+
 def test_a_changed_source_runs_uncompiled(monkeypatch):
     """A build whose sources changed since must not run: guard() loads them from source."""
     mode, meta_path = native._mode, list(sys.meta_path)

@@ -220,36 +220,72 @@ _GIMMICK_COLUMN = {
 _UNKNOWN_TOKENS = (UNKNOWN,) * N_TOKEN_FIELDS
 
 
-def _mon_features(row: np.ndarray, mon: PokemonState, own: bool, choice_locked: bool) -> None:
-    """Write one Pokémon's features into a zeroed row."""
-    row[_PRESENT] = 1.0
+class _Sparse:
+    """The non-zero cells of a block of zeroed rows, written in order: (flat index, value).
+
+    Writers append here instead of setting numpy cells one by one (each such write is a Python
+    call); `scatter` then places them all with one numpy operation.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.index: list[int] = []
+        self.value: list[float] = []
+
+    def scatter(self, rows: np.ndarray, first_row: int = 0) -> None:
+        """Write the cells into `rows` (whose row 0 is row `first_row` here), then forget them."""
+        if self.index:
+            flat = rows.reshape(-1)
+            flat[np.array(self.index, dtype=np.intp) - first_row * self.width] = self.value
+            self.index, self.value = [], []
+
+
+def _mon_features(
+    out: _Sparse, row: int, mon: PokemonState, own: bool, choice_locked: bool
+) -> None:
+    """Write one Pokémon's features into zeroed row `row`."""
+    index, value = out.index, out.value
+    base = row * N_MON_FEATURES
+    index.append(base + _PRESENT)
+    value.append(1.0)
     if mon.revealed:
-        row[_REVEALED] = 1.0
+        index.append(base + _REVEALED)
+        value.append(1.0)
     if own:
-        row[_OWN] = 1.0
+        index.append(base + _OWN)
+        value.append(1.0)
     if mon.active:
-        row[_ACTIVE] = 1.0
+        index.append(base + _ACTIVE)
+        value.append(1.0)
     if mon.fainted:
-        row[_FAINTED] = 1.0
-    row[_HP] = mon.hp
-    row[_LEVEL] = mon.level / 100.0
+        index.append(base + _FAINTED)
+        value.append(1.0)
+    index.append(base + _HP)
+    value.append(mon.hp)
+    index.append(base + _LEVEL)
+    value.append(mon.level / 100.0)
     column = _STATUS_COLUMN.get(mon.status) if mon.status else None
     if column is not None:
-        row[column] = 1.0
+        index.append(base + column)
+        value.append(1.0)
     if mon.boosts:  # mostly empty: skip the loop
-        for stat, value in mon.boosts.items():
+        for stat, boost in mon.boosts.items():
             column = _BOOST_COLUMN.get(stat)
             if column is not None:
-                row[column] = value / 6.0
+                index.append(base + column)
+                value.append(boost / 6.0)
     if mon.terastallized:
-        row[_TERA] = 1.0
+        index.append(base + _TERA)
+        value.append(1.0)
     if mon.volatiles:
         for volatile in mon.volatiles:
             column = _VOLATILE_COLUMN.get(volatile)
             if column is not None:
-                row[column] = 1.0
+                index.append(base + column)
+                value.append(1.0)
     if choice_locked:
-        row[_LOCKED] = 1.0
+        index.append(base + _LOCKED)
+        value.append(1.0)
 
 
 def _own_moves(dex: _Lookups, member) -> tuple[int, ...]:
@@ -278,26 +314,24 @@ def _own_tokens(
     )
 
 
-def _own_features(features: np.ndarray, member, live: PokemonState | None) -> None:
+def _own_features(out: _Sparse, row: int, member, live: PokemonState | None) -> None:
     """Feature row (zeroed) of an own team member the hindsight lists."""
     if live is None:
-        features[_PRESENT] = 1.0
-        features[_OWN] = 1.0
-        features[_HP] = 1.0
+        base = row * N_MON_FEATURES
+        out.index.extend((base + _PRESENT, base + _OWN, base + _HP))
+        out.value.extend((1.0, 1.0, 1.0))
         return
     # The item it holds now: a Choice item knocked off or tricked away locks nothing.
     item = live.item if live.item is not None else member.item
     locked = bool(item and item.startswith("Choice ") and live.active and live.last_move)
-    _mon_features(features, live, True, locked)
+    _mon_features(out, row, live, True, locked)
 
 
-def _unknown_features(features: np.ndarray, own: bool) -> None:
+def _unknown_features(out: _Sparse, row: int, own: bool) -> None:
     """A team member the log never shows: exists, nothing known (tokens: all UNKNOWN)."""
-    features[_PRESENT] = 1.0
-    if own:
-        features[_OWN] = 1.0
-    else:
-        features[_HP] = 1.0
+    base = row * N_MON_FEATURES
+    out.index.extend((base + _PRESENT, base + (_OWN if own else _HP)))
+    out.value.extend((1.0, 1.0))
 
 
 def _opponent_tokens(dex: _Lookups, mon: PokemonState) -> tuple[int, ...]:
@@ -315,38 +349,50 @@ def _opponent_tokens(dex: _Lookups, mon: PokemonState) -> tuple[int, ...]:
     )
 
 
-def _globals_body(glob: np.ndarray, state: BattleState, own_side, opp_side, own_team_size: int):
-    """Write the globals except decision kind and turn into a zeroed row."""
+def _globals_body(
+    out: _Sparse, row: int, state: BattleState, own_side, opp_side, own_team_size: int
+) -> None:
+    """Write the globals except decision kind and turn into zeroed row `row`."""
+    index, value = out.index, out.value
+    base = row * N_GLOBAL_FEATURES
     column = _GEN_COLUMN.get(state.gen)
     if column is not None:
-        glob[column] = 1.0
+        index.append(base + column)
+        value.append(1.0)
     field = state.field
     if field.weather:
         column = _WEATHER_COLUMN.get(normalise(field.weather))
         if column is not None:
-            glob[column] = 1.0
+            index.append(base + column)
+            value.append(1.0)
     if field.terrain:
         column = _TERRAIN_COLUMN.get(normalise(field.terrain))
         if column is not None:
-            glob[column] = 1.0
+            index.append(base + column)
+            value.append(1.0)
     for pseudo in field.pseudo_weather:
         column = _FIELD_COLUMN.get(pseudo)
         if column is not None:
-            glob[column] = 1.0
+            index.append(base + column)
+            value.append(1.0)
     for prefix, side_state in (("own_", own_side), ("opp_", opp_side)):
         if side_state.conditions:
             columns = _CONDITION_COLUMN[prefix]
             for condition, layers in side_state.conditions.items():
                 entry = columns.get(condition)
                 if entry is not None:
-                    glob[entry[0]] = min(layers, entry[1]) / entry[1]
+                    index.append(base + entry[0])
+                    value.append(min(layers, entry[1]) / entry[1])
         for flag, column in _GIMMICK_COLUMN[prefix]:
             if getattr(side_state, flag):
-                glob[column] = 1.0
+                index.append(base + column)
+                value.append(1.0)
     own_fainted = sum(1 for m in own_side.pokemon if m.fainted)
     opp_fainted = sum(1 for m in opp_side.pokemon if m.fainted)
-    glob[_OWN_LEFT] = (own_team_size - own_fainted) / A.N_TEAM
-    glob[_OPP_LEFT] = (opp_side.team_size - opp_fainted) / A.N_TEAM
+    index.append(base + _OWN_LEFT)
+    value.append((own_team_size - own_fainted) / A.N_TEAM)
+    index.append(base + _OPP_LEFT)
+    value.append((opp_side.team_size - opp_fainted) / A.N_TEAM)
 
 
 def encode(state: BattleState, side: str, hindsight, kind: int = A.TURN) -> dict[str, np.ndarray]:
@@ -358,33 +404,37 @@ def encode(state: BattleState, side: str, hindsight, kind: int = A.TURN) -> dict
     dex = _lookups()
     other = "p2" if side == "p1" else "p1"
     tokens = np.zeros((N_ENTITIES, N_TOKEN_FIELDS), dtype=np.int32)
-    features = np.zeros((N_ENTITIES, N_MON_FEATURES), dtype=np.float32)
+    cells = _Sparse(N_MON_FEATURES)
 
     own_side, opp_side = state.sides[side], state.sides[other]
     members = hindsight.team[side]
     for row in range(min(hindsight.team_size[side], A.N_TEAM)):
         if row >= len(members):
             tokens[row] = _UNKNOWN_TOKENS
-            _unknown_features(features[row], own=True)
+            _unknown_features(cells, row, own=True)
             continue
         member = members[row]
         live = own_side.find(member.name) if member.name else None
         tokens[row] = _own_tokens(dex, member, _own_moves(dex, member), live)
-        _own_features(features[row], member, live)
+        _own_features(cells, row, member, live)
 
     opp_revealed = opp_side.pokemon[: A.N_TEAM]
     for offset, mon in enumerate(opp_revealed):
         tokens[A.N_TEAM + offset] = _opponent_tokens(dex, mon)
-        _mon_features(features[A.N_TEAM + offset], mon, False, False)
+        _mon_features(cells, A.N_TEAM + offset, mon, False, False)
     for offset in range(len(opp_revealed), min(opp_side.team_size, A.N_TEAM)):
         tokens[A.N_TEAM + offset] = _UNKNOWN_TOKENS
-        _unknown_features(features[A.N_TEAM + offset], own=False)
+        _unknown_features(cells, A.N_TEAM + offset, own=False)
+    features = np.zeros((N_ENTITIES, N_MON_FEATURES), dtype=np.float32)
+    cells.scatter(features)
 
-    glob = np.zeros(N_GLOBAL_FEATURES, dtype=np.float32)
-    glob[_KIND_COLUMN[kind]] = 1.0
-    glob[_TURN] = state.turn / 100.0
-    _globals_body(glob, state, own_side, opp_side, hindsight.team_size[side])
-    return {"tokens": tokens, "features": features, "globals": glob}
+    glob = np.zeros((1, N_GLOBAL_FEATURES), dtype=np.float32)
+    body = _Sparse(N_GLOBAL_FEATURES)
+    _globals_body(body, 0, state, own_side, opp_side, hindsight.team_size[side])
+    body.scatter(glob)
+    glob[0, _KIND_COLUMN[kind]] = 1.0
+    glob[0, _TURN] = state.turn / 100.0
+    return {"tokens": tokens, "features": features, "globals": glob[0]}
 
 
 class IncrementalEncoder:
@@ -400,7 +450,7 @@ class IncrementalEncoder:
 
     Live play: `encoder = IncrementalEncoder()` per battle, then `encoder(state, side,
     hindsight, kind)` wherever `encode(state, side, hindsight, kind)` would be called. The
-    parser calls `add` at each decision and `observations` once at the end, which builds every
+    parser calls `add` at each decision and `stacked` once at the end, which builds every
     decision's arrays with a few whole-trajectory numpy operations.
     """
 
@@ -414,14 +464,14 @@ class IncrementalEncoder:
         return encoder.take(encoder.add(kind))
 
     def add(self, state: BattleState, side: str, hindsight, kind: int = A.TURN) -> None:
-        """Record `side`'s view now; its arrays come later from `observations(side)`."""
+        """Record `side`'s view now; its arrays come later from `stacked(side)`."""
         self._side(state, side, hindsight).add(kind)
 
-    def observations(self, side: str) -> list[dict[str, np.ndarray]]:
-        """The arrays of every view of `side` recorded with `add`, in order (views into one
-        [T, ...] array per key)."""
+    def stacked(self, side: str) -> dict[str, np.ndarray] | None:
+        """The arrays of every view of `side` recorded with `add`, in order: one [T, ...] array
+        per key (None when nothing was recorded for `side`)."""
         encoder = self._sides.get(side)
-        return encoder.observations() if encoder is not None else []
+        return encoder.stacked() if encoder is not None else None
 
     def _side(self, state: BattleState, side: str, hindsight) -> _SideEncoder:
         encoder = self._sides.get(side)
@@ -433,11 +483,12 @@ class IncrementalEncoder:
 class _SideEncoder:
     """One side's view of one battle.
 
-    `tokens` and `features` are pools of entity rows, each written once and never changed (row 0
-    of each is padding); `current_tokens[r]`/`current_features[r]` are the pool rows entity row
-    r shows now, and `row_mon[r]`/`row_version[r]` the Pokémon (and version) they were made
-    from. Token rows change rarely (forme, item, ability, moves, tera type): they are shared
-    through `token_rows`, keyed by what they are made of.
+    Pools of entity rows, each written once and never changed (row 0 of each is padding):
+    token rows (`token_values`, shared through `token_rows`, keyed by what they are made of:
+    forme, item, ability, moves, tera type change rarely), feature rows and globals bodies
+    (written as sparse cells, placed into numpy arrays only when arrays are asked for).
+    `current_tokens[r]`/`current_features[r]` are the pool rows entity row r shows now, and
+    `row_mon[r]`/`row_version[r]` the Pokémon (and version) they were made from.
     """
 
     def __init__(self, state: BattleState, side: str, hindsight) -> None:
@@ -446,15 +497,15 @@ class _SideEncoder:
         other = "p2" if side == "p1" else "p1"
         self.own_side, self.opp_side = state.sides[side], state.sides[other]
         self.own_team_size = hindsight.team_size[side]
-        self.tokens = np.zeros((32, N_TOKEN_FIELDS), dtype=np.int32)
-        self.features = np.zeros((64, N_MON_FEATURES), dtype=np.float32)
-        self.n_tokens = self.n_features = 1
+        self.token_values: list[int] = [PAD] * N_TOKEN_FIELDS  # flat rows
         self.token_rows: dict[tuple, int] = {}
+        self.feature_cells = _Sparse(N_MON_FEATURES)
+        self.n_features = 1
         own_unknown = self._token_row(("own unknown",), _UNKNOWN_TOKENS)
         opp_unknown = self._token_row(("opp unknown",), _UNKNOWN_TOKENS)
         own_unknown_features, opp_unknown_features = self._feature_row(), self._feature_row()
-        _unknown_features(self.features[own_unknown_features], own=True)
-        _unknown_features(self.features[opp_unknown_features], own=False)
+        _unknown_features(self.feature_cells, own_unknown_features, own=True)
+        _unknown_features(self.feature_cells, opp_unknown_features, own=False)
         self.opp_unknown = (opp_unknown, opp_unknown_features)
         self.current_tokens = [0] * N_ENTITIES
         self.current_features = [0] * N_ENTITIES
@@ -475,27 +526,27 @@ class _SideEncoder:
         self.opp_list_version = -1
         self.opp_rows: list[tuple[int, PokemonState]] = []
         # Globals without kind and turn, one row per state version seen.
-        self.bodies = np.zeros((16, N_GLOBAL_FEATURES), dtype=np.float32)
+        self.body_cells = _Sparse(N_GLOBAL_FEATURES)
         self.n_bodies = 0
         self.body_version = -1
+        # The pools as numpy arrays, up to the rows placed so far (`_arrays`).
+        self.tokens: np.ndarray = np.zeros((0, N_TOKEN_FIELDS), dtype=np.int32)
+        self.features: np.ndarray = np.zeros((0, N_MON_FEATURES), dtype=np.float32)
+        self.bodies: np.ndarray = np.zeros((0, N_GLOBAL_FEATURES), dtype=np.float32)
         # Per recorded view: token rows, feature rows, globals row, kind column, turn.
-        self.view_tokens: list[tuple[int, ...]] = []
-        self.view_features: list[tuple[int, ...]] = []
+        self.n_views = 0
+        self.view_tokens: list[int] = []  # flat: N_ENTITIES per view
+        self.view_features: list[int] = []
         self.view_bodies: list[int] = []
         self.view_kinds: list[int] = []
         self.view_turns: list[float] = []
 
     def _token_row(self, key: tuple, values: tuple[int, ...]) -> int:
-        if self.n_tokens == len(self.tokens):
-            self.tokens = np.concatenate([self.tokens, np.zeros_like(self.tokens)])
-        index = self.token_rows[key] = self.n_tokens
-        self.tokens[index] = values
-        self.n_tokens += 1
+        index = self.token_rows[key] = len(self.token_values) // N_TOKEN_FIELDS
+        self.token_values.extend(values)
         return index
 
     def _feature_row(self) -> int:
-        if self.n_features == len(self.features):
-            self.features = np.concatenate([self.features, np.zeros_like(self.features)])
         self.n_features += 1
         return self.n_features - 1
 
@@ -504,6 +555,7 @@ class _SideEncoder:
         current_tokens, current_features = self.current_tokens, self.current_features
         row_mon, row_version = self.row_mon, self.row_version
         own_side, opp_side = self.own_side, self.opp_side
+        cells = self.feature_cells
         if own_side.version != self.own_list_version:
             self.own_list_version = own_side.version
             self.lives = [
@@ -524,7 +576,7 @@ class _SideEncoder:
                 token = self._token_row(key, _own_tokens(dex, member, moves, live))
             current_tokens[row] = token
             index = self._feature_row()
-            _own_features(self.features[index], member, live)
+            _own_features(cells, index, member, live)
             current_features[row] = index
             row_mon[row] = live
             row_version[row] = live.version if live is not None else -1
@@ -554,7 +606,7 @@ class _SideEncoder:
                 token = self._token_row(opp_key, _opponent_tokens(dex, mon))
             current_tokens[row] = token
             index = self._feature_row()
-            _mon_features(self.features[index], mon, False, False)
+            _mon_features(cells, index, mon, False, False)
             current_features[row] = index
             row_mon[row] = mon
             row_version[row] = mon.version
@@ -562,39 +614,94 @@ class _SideEncoder:
         state = self.state
         if state.version != self.body_version or not self.n_bodies:
             self.body_version = state.version
-            if self.n_bodies == len(self.bodies):
-                self.bodies = np.concatenate([self.bodies, np.zeros_like(self.bodies)])
-            _globals_body(self.bodies[self.n_bodies], state, own_side, opp_side, self.own_team_size)
+            _globals_body(
+                self.body_cells, self.n_bodies, state, own_side, opp_side, self.own_team_size
+            )
             self.n_bodies += 1
-        self.view_tokens.append(tuple(current_tokens))
-        self.view_features.append(tuple(current_features))
+        self.view_tokens.extend(current_tokens)
+        self.view_features.extend(current_features)
         self.view_bodies.append(self.n_bodies - 1)
         self.view_kinds.append(_KIND_COLUMN[kind])
         self.view_turns.append(state.turn / 100.0)
-        return len(self.view_tokens) - 1
+        self.n_views += 1
+        return self.n_views - 1
+
+    def _arrays(self) -> None:
+        """Bring the numpy pools up to every row written so far (only the new rows are made)."""
+        done = len(self.tokens)
+        if done * N_TOKEN_FIELDS < len(self.token_values):
+            values = self.token_values[done * N_TOKEN_FIELDS :]
+            new = np.array(values, dtype=np.int32).reshape(-1, N_TOKEN_FIELDS)
+            self.tokens = np.concatenate([self.tokens, new]) if done else new
+        done = len(self.features)
+        if done < self.n_features:
+            new = np.zeros((self.n_features - done, N_MON_FEATURES), dtype=np.float32)
+            self.feature_cells.scatter(new, done)
+            self.features = np.concatenate([self.features, new]) if done else new
+        done = len(self.bodies)
+        if done < self.n_bodies:
+            new = np.zeros((self.n_bodies - done, N_GLOBAL_FEATURES), dtype=np.float32)
+            self.body_cells.scatter(new, done)
+            self.bodies = np.concatenate([self.bodies, new]) if done else new
 
     def take(self, view: int) -> dict[str, np.ndarray]:
+        self._arrays()
         glob = self.bodies[self.view_bodies[view]].copy()
         glob[self.view_kinds[view]] = 1.0
         glob[_TURN] = self.view_turns[view]
+        rows = slice(view * N_ENTITIES, (view + 1) * N_ENTITIES)
         return {
-            "tokens": self.tokens[list(self.view_tokens[view])],
-            "features": self.features[list(self.view_features[view])],
+            "tokens": self.tokens[self.view_tokens[rows]],
+            "features": self.features[self.view_features[rows]],
             "globals": glob,
         }
 
-    def observations(self) -> list[dict[str, np.ndarray]]:
-        if not self.view_tokens:
-            return []
-        tokens = self.tokens[np.array(self.view_tokens, dtype=np.intp)]
-        features = self.features[np.array(self.view_features, dtype=np.intp)]
-        glob = self.bodies[self.view_bodies]
-        glob[np.arange(len(glob)), self.view_kinds] = 1.0
+    def stacked(self) -> dict[str, np.ndarray]:
+        """Every recorded view's arrays, stacked: {key: [views, ...]}."""
+        self._arrays()
+        n = self.n_views
+        if not n:
+            return {
+                "tokens": np.zeros((0, N_ENTITIES, N_TOKEN_FIELDS), dtype=np.int32),
+                "features": np.zeros((0, N_ENTITIES, N_MON_FEATURES), dtype=np.float32),
+                "globals": np.zeros((0, N_GLOBAL_FEATURES), dtype=np.float32),
+            }
+        shape = (n, N_ENTITIES)
+        tokens = self.tokens[np.array(self.view_tokens, dtype=np.intp).reshape(shape)]
+        features = self.features[np.array(self.view_features, dtype=np.intp).reshape(shape)]
+        glob = self.bodies[np.array(self.view_bodies, dtype=np.intp)]
+        glob[np.arange(n), self.view_kinds] = 1.0
         glob[:, _TURN] = self.view_turns
-        return [
-            {"tokens": t, "features": f, "globals": g}
-            for t, f, g in zip(tokens, features, glob, strict=True)
-        ]
+        return {"tokens": tokens, "features": features, "globals": glob}
+
+
+class ObservationView:
+    """One decision's arrays as a read-only mapping (`obs["tokens"]`...): views into its
+    trajectory's stacked arrays, made when asked for (most consumers read the stacked arrays)."""
+
+    __slots__ = ("index", "stacked")
+
+    def __init__(self, stacked: dict[str, np.ndarray], index: int) -> None:
+        self.stacked = stacked
+        self.index = index
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.stacked[key][self.index]
+
+    def __iter__(self):
+        return iter(self.stacked)
+
+    def __len__(self) -> int:
+        return len(self.stacked)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.stacked
+
+    def keys(self):
+        return self.stacked.keys()
+
+    def items(self):
+        return [(key, self[key]) for key in self.stacked]
 
 
 # Row marker: nothing written yet, or a row that shows no Pokémon object.

@@ -20,12 +20,14 @@ never lets any other exception out for bad input (it becomes a 'parser error: ..
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from pokeagent.data.encode import IncrementalEncoder, encode
+from pokeagent.data.encode import IncrementalEncoder, ObservationView, encode
 from pokeagent.data.replay import Replay
 from pokeagent.data.teams import with_known_teams
 from pokeagent.showdown import actions as A
@@ -71,13 +73,16 @@ class Decision:
     action_info: dict | None = None
     """The choice by name: {'type': 'move', 'name', 'gimmick'} | {'type': 'switch', 'species'} |
     {'type': 'team', 'lead'}; None when unknown."""
-    obs: dict | None = None
-    """The encoder's arrays for the state the player saw (None when parsed without encoder)."""
+    obs: Any = None
+    """The encoder's arrays for the state the player saw, a mapping key -> array (None when
+    parsed without encoder); with `encode`, views into the trajectory's `arrays`."""
     active_slot: int | None = None
     """The own team slot (canonical order) of the active Pokémon; None at team preview."""
     line: int = 0
     """Index of the log line at which the decision was taken (the state includes that line
     for turn choices, excludes it for switches)."""
+    legal_bits: int = 0
+    """`legal` as bits (1 << action) while the parser builds it; `legal` is made at the end."""
 
 
 @dataclass
@@ -98,6 +103,9 @@ class Trajectory:
     team: list[dict] = field(default_factory=list)
     """The canonical team (switch slots): species, nickname, known moves in slot order."""
     parser_version: int = PARSER_VERSION
+    arrays: dict[str, np.ndarray] | None = None
+    """With `encode`: the decisions' arrays stacked, [T, ...] per key (tokens, features,
+    globals, legal); what shards store, without stacking per-decision arrays again."""
 
     @property
     def labelled(self) -> int:
@@ -225,6 +233,7 @@ class _Reconstruction:
         self.pursuit_target: str | None = None
         self.gen1_frozen_or_asleep: set[str] = set()
         self.slots: dict[tuple[str, str | None], int | None] = {}
+        self.stacked: dict[str, dict[str, np.ndarray]] = {}
 
     # --------------------------------------------------------------- decisions
     def _slot(self, side: str, name: str | None) -> int | None:
@@ -236,11 +245,16 @@ class _Reconstruction:
             slot = self.slots[key] = self.hind.slot_of(side, name)
             return slot
 
-    def _open(self, side: str, kind: int, legal: np.ndarray) -> Decision:
+    def _open(self, side: str, kind: int, legal_bits: int) -> Decision:
         active = self.state.sides[side].active
         slot = self._slot(side, active.name) if active is not None else None
         decision = Decision(
-            turn=self.state.turn, kind=kind, legal=legal, line=self.line_no, active_slot=slot
+            turn=self.state.turn,
+            kind=kind,
+            legal=_NO_MASK,
+            line=self.line_no,
+            active_slot=slot,
+            legal_bits=legal_bits,
         )
         if self.incremental is not None:
             self.incremental.add(self.state, side, self.hind, kind)
@@ -250,10 +264,10 @@ class _Reconstruction:
         return decision
 
     def _label(self, decision: Decision, action: int, info: dict | None) -> None:
-        if action >= 0 and not decision.legal[action]:
-            # The log proves the option existed: the mask was too strict (e.g. hidden trapping
-            # rules). Trust the log.
-            decision.legal[action] = True
+        if action >= 0:
+            # The log proves the option existed: where the mask was too strict (e.g. hidden
+            # trapping rules), trust the log.
+            decision.legal_bits |= 1 << action
         decision.action, decision.action_info = action, info
 
     def _close_turn(self, side: str) -> None:
@@ -261,24 +275,21 @@ class _Reconstruction:
         self.gimmick_now.pop(side, None)
 
     # --------------------------------------------------------------- legal masks
-    def _switchable(self, side: str) -> list[int]:
-        """Switch actions open to `side`: members not known to be fainted or active."""
+    def _switch_mask(self, side: str) -> int:
+        """Switch actions open to `side` (bits): members not known to be fainted or active."""
         members, size = self.hind.team[side], self.hind.team_size[side]
         live = self.state.sides[side]
-        actions = []
+        bits = 0
         for index in range(min(size, A.N_TEAM)):
             if index < len(members):
                 name = members[index].name
                 mon = live.find(name) if name else None
                 if mon is not None and (mon.fainted or mon.active):
                     continue
-            actions.append(A.SWITCH_BASE + index)
-        return actions
+            bits |= 1 << (A.SWITCH_BASE + index)
+        return bits
 
-    def _switch_mask(self, side: str, mask: np.ndarray) -> None:
-        mask[self._switchable(side)] = True
-
-    def _turn_mask(self, side: str) -> np.ndarray:
+    def _turn_mask(self, side: str) -> int:
         active = self.state.sides[side].active
         slot = self._slot(side, active.name) if active is not None else None
         moves = self.hind.team[side][slot].moves if slot is not None else []
@@ -286,9 +297,7 @@ class _Reconstruction:
         if active is not None and "mustrecharge" in active.volatiles:
             # Recharging: the one option is the request's "Recharge", played as slot 0 (as the
             # live agent maps it); no switch, no gimmick.
-            mask = np.zeros(A.N_ACTIONS, dtype=bool)
-            mask[A.MOVE_BASE] = True
-            return mask
+            return 1 << A.MOVE_BASE
         if moves and active is not None and slot is not None:
             # The item it holds now: a Choice item knocked off or tricked away locks nothing.
             item = active.item if active.item is not None else self.hind.team[side][slot].item
@@ -298,16 +307,16 @@ class _Reconstruction:
             elif active.disabled_move in moves:
                 disabled = active.disabled_move
                 usable = tuple(i for i in usable if i >= len(moves) or moves[i] != disabled)
-        actions = [A.MOVE_BASE + index for index in usable]
+        bits = 0
+        for index in usable:
+            bits |= 1 << (A.MOVE_BASE + index)
         if self._gimmick_available(side, active, slot):
-            actions += [A.GIMMICK_BASE + index for index in usable]
+            bits |= bits << (A.GIMMICK_BASE - A.MOVE_BASE)
         if active is None or not (
             "trapped" in active.volatiles or "partiallytrapped" in active.volatiles
         ):
-            actions += self._switchable(side)
-        mask = np.zeros(A.N_ACTIONS, dtype=bool)
-        mask[actions] = True
-        return mask
+            bits |= self._switch_mask(side)
+        return bits
 
     def _gimmick_available(self, side: str, active: PokemonState | None, slot: int | None) -> bool:
         live = self.state.sides[side]
@@ -383,11 +392,17 @@ class _Reconstruction:
             state.apply(msg)
             if kind == "turn":
                 self._open_turn()
-        if self.incremental is not None:
-            for side in SIDES:
-                observations = self.incremental.observations(side)
-                for decision, obs in zip(self.decisions[side], observations, strict=True):
-                    decision.obs = obs
+        for side in SIDES:
+            decisions = self.decisions[side]
+            masks = _masks([d.legal_bits for d in decisions])
+            for decision, legal in zip(decisions, masks, strict=True):
+                decision.legal = legal
+            stacked = self.incremental.stacked(side) if self.incremental is not None else None
+            if stacked is not None:
+                for index, decision in enumerate(decisions):
+                    decision.obs = ObservationView(stacked, index)
+                stacked["legal"] = masks
+                self.stacked[side] = stacked
         return self.decisions
 
     def _open_turn(self) -> None:
@@ -405,10 +420,10 @@ class _Reconstruction:
 
     def _on_teampreview(self, msg: Message) -> None:
         for side in SIDES:
-            mask = np.zeros(A.N_ACTIONS, dtype=bool)
+            mask = 0
             members = self.hind.team[side]
             for index in range(min(self.hind.team_size[side], A.N_TEAM)):
-                mask[A.switch_action(index)] = True
+                mask |= 1 << A.switch_action(index)
             if not members:
                 continue
             self.pending_preview[side] = self._open(side, A.TEAM_PREVIEW, mask)
@@ -434,8 +449,7 @@ class _Reconstruction:
             label, info = self._move_label(ref.side, mon, move)
             if label >= 0:
                 # Locked in (Outrage & co): that move was the only option.
-                decision.legal[:] = False
-                decision.legal[label % A.N_MOVES] = True
+                decision.legal_bits = 1 << (label % A.N_MOVES)
                 label, info = label % A.N_MOVES, {"type": "move", "name": move, "gimmick": None}
             self._label(decision, label, info)
         elif ref.side in self.gen1_frozen_or_asleep:
@@ -511,12 +525,12 @@ class _Reconstruction:
         ref = parse_pokemon_ref(msg.arg(0))
         if ref is None or ref.side not in SIDES:
             return
-        mask = np.zeros(A.N_ACTIONS, dtype=bool)
+        mask = 0
         live = self.state.sides[ref.side]
         for index, member in enumerate(self.hind.team[ref.side]):
             mon = live.find(member.name) if member.name else None
             if mon is not None and mon.fainted:
-                mask[A.switch_action(index)] = True
+                mask |= 1 << A.switch_action(index)
         decision = self._open(ref.side, A.FORCED_SWITCH, mask)
         slot = self.hind.slot_of(ref.side, ref.name)
         if slot is not None:
@@ -581,9 +595,9 @@ class _Reconstruction:
             active = self.state.sides[side].active
             fainted = not self_switch and active is not None and active.fainted
             if side == switching_side or fainted:
-                mask = np.zeros(A.N_ACTIONS, dtype=bool)
-                self._switch_mask(side, mask)
-                self.pending_forced[side] = self._open(side, A.FORCED_SWITCH, mask)
+                self.pending_forced[side] = self._open(
+                    side, A.FORCED_SWITCH, self._switch_mask(side)
+                )
 
     def _on_turn(self, msg: Message) -> None:
         # A turn ends: forced switches that never happened (the battle went on without them)
@@ -665,18 +679,35 @@ def _messages(log: str) -> list[tuple[int, Message]]:
     return numbered
 
 
+_NO_MASK = np.zeros(0, dtype=bool)
+"""A decision's `legal` until the walk ends (it builds `legal_bits`)."""
+_ACTION_BITS = np.arange(A.N_ACTIONS, dtype=np.int64)
+
+
+def _masks(bits: list[int]) -> np.ndarray:
+    """bool[len(bits), N_ACTIONS] from action bit sets, in one numpy operation."""
+    return (np.array(bits, dtype=np.int64).reshape(-1, 1) >> _ACTION_BITS & 1).astype(bool)
+
+
 def _choice_locked(item: str | None) -> bool:
     return item is not None and item.startswith("Choice ")
 
 
 def parse_replay(replay: Replay, encoder: Encoder | None = None) -> tuple[Trajectory, Trajectory]:
     """Both players' trajectories, or SkipBattle(reason). Never raises anything else for bad input."""
+    # A replay makes tens of thousands of short-lived objects and (almost) no reference cycles:
+    # the cyclic GC would walk them over and over for nothing (a tenth of the time).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return _parse(replay, encoder)
     except SkipBattle:
         raise
     except Exception as error:  # a bug or input we did not foresee: skip it, named, and count it
         raise SkipBattle(f"parser error: {type(error).__name__}") from error
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Trajectory]:
@@ -724,6 +755,7 @@ def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Traject
                 outcome=outcome,
                 source=replay.source,
                 decisions=decisions[side],
+                arrays=walk.stacked.get(side),
                 team=[
                     {"species": m.species, "name": m.name, "moves": m.moves}
                     for m in hindsight.team[side]

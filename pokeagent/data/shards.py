@@ -56,11 +56,17 @@ def trajectory_arrays(trajectory: Trajectory) -> dict[str, np.ndarray]:
         ],
         dtype=np.int32,
     )
+    stacked = trajectory.arrays or {
+        "tokens": np.stack([d.obs["tokens"] for d in decisions]),
+        "features": np.stack([d.obs["features"] for d in decisions]),
+        "globals": np.stack([d.obs["globals"] for d in decisions]),
+        "legal": np.stack([d.legal for d in decisions]),
+    }
     return {
-        "tokens": np.stack([d.obs["tokens"] for d in decisions]).astype(np.int16),
-        "features": np.stack([d.obs["features"] for d in decisions]).astype(np.float16),
-        "globals": np.stack([d.obs["globals"] for d in decisions]).astype(np.float16),
-        "legal": np.stack([d.legal for d in decisions]).astype(np.uint8),
+        "tokens": stacked["tokens"].astype(np.int16),
+        "features": stacked["features"].astype(np.float16),
+        "globals": stacked["globals"].astype(np.float16),
+        "legal": stacked["legal"].astype(np.uint8),
         "action": np.array([d.action for d in decisions], dtype=np.int8),
         "kind": np.array([d.kind for d in decisions], dtype=np.int8),
         "turn": np.array([d.turn for d in decisions], dtype=np.int16),

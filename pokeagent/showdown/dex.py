@@ -190,6 +190,9 @@ def export_dex(package_dir: Path, out: Path) -> Path:
     return out
 
 
+_BY_ARGUMENT: dict[Path | str, Dex] = {}
+
+
 @functools.lru_cache(maxsize=8)
 def _load(path: Path) -> Dex:
     with gzip.open(path, "rb") as f:
@@ -240,7 +243,10 @@ class Dex:
     @classmethod
     def load(cls, path: Path | str = DATA_FILE) -> Dex:
         """The dex stored at ``path`` (gzipped JSON); loaded once per path and then shared."""
-        return _load(Path(path).resolve())
+        dex = _BY_ARGUMENT.get(path)  # no filesystem call when asked again (once per replay)
+        if dex is None:
+            dex = _BY_ARGUMENT[path] = _load(Path(path).resolve())
+        return dex
 
     # -- metadata ---------------------------------------------------------------------------
 
