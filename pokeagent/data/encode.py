@@ -31,7 +31,7 @@ import numpy as np
 
 from pokeagent.showdown import actions as A
 from pokeagent.showdown.dex import Dex
-from pokeagent.showdown.state import BattleState, PokemonState, normalise
+from pokeagent.showdown.state import BattleState, PokemonState, SideState, normalise
 
 ENCODER_VERSION = 1
 
@@ -213,10 +213,20 @@ _FIELD_COLUMN = {p: _G["field_" + p] for p in PSEUDO_WEATHERS}
 _CONDITION_COLUMN = {
     prefix: {c: (_G[prefix + c], cap) for c, cap in SIDE_CONDITIONS} for prefix in ("own_", "opp_")
 }
-_GIMMICK_COLUMN = {
-    prefix: tuple((flag, _G[prefix + flag]) for flag in GIMMICK_FLAGS)
-    for prefix in ("own_", "opp_")
-}
+_OWN_CONDITIONS, _OPP_CONDITIONS = _CONDITION_COLUMN["own_"], _CONDITION_COLUMN["opp_"]
+assert GIMMICK_FLAGS == ("used_tera", "used_mega", "used_zmove", "used_dynamax")  # _side_globals
+_OWN_GIMMICKS: tuple[int, int, int, int] = (
+    _G["own_used_tera"],
+    _G["own_used_mega"],
+    _G["own_used_zmove"],
+    _G["own_used_dynamax"],
+)
+_OPP_GIMMICKS: tuple[int, int, int, int] = (
+    _G["opp_used_tera"],
+    _G["opp_used_mega"],
+    _G["opp_used_zmove"],
+    _G["opp_used_dynamax"],
+)
 _UNKNOWN_TOKENS = (UNKNOWN,) * N_TOKEN_FIELDS
 
 
@@ -349,8 +359,54 @@ def _opponent_tokens(dex: _Lookups, mon: PokemonState) -> tuple[int, ...]:
     )
 
 
+def _normalised(name: str) -> str:
+    """`normalise`, memoised (a few dozen weather and terrain names)."""
+    value = _NORMALISED.get(name)
+    if value is None:
+        value = _NORMALISED[name] = normalise(name)
+    return value
+
+
+_NORMALISED: dict[str, str] = {}
+
+
+def _side_globals(
+    out: _Sparse,
+    base: int,
+    side_state: SideState,
+    conditions: dict[str, tuple[int, int]],
+    gimmicks: tuple[int, int, int, int],
+) -> None:
+    """One side's conditions and gimmicks used (`gimmicks`: the GIMMICK_FLAGS columns)."""
+    index, value = out.index, out.value
+    if side_state.conditions:
+        for condition, layers in side_state.conditions.items():
+            entry = conditions.get(condition)
+            if entry is not None:
+                index.append(base + entry[0])
+                value.append(min(layers, entry[1]) / entry[1])
+    # GIMMICK_FLAGS order, read directly (getattr by name is slow where this is compiled)
+    if side_state.used_tera:
+        index.append(base + gimmicks[0])
+        value.append(1.0)
+    if side_state.used_mega:
+        index.append(base + gimmicks[1])
+        value.append(1.0)
+    if side_state.used_zmove:
+        index.append(base + gimmicks[2])
+        value.append(1.0)
+    if side_state.used_dynamax:
+        index.append(base + gimmicks[3])
+        value.append(1.0)
+
+
 def _globals_body(
-    out: _Sparse, row: int, state: BattleState, own_side, opp_side, own_team_size: int
+    out: _Sparse,
+    row: int,
+    state: BattleState,
+    own_side: SideState,
+    opp_side: SideState,
+    own_team_size: int,
 ) -> None:
     """Write the globals except decision kind and turn into zeroed row `row`."""
     index, value = out.index, out.value
@@ -361,12 +417,12 @@ def _globals_body(
         value.append(1.0)
     field = state.field
     if field.weather:
-        column = _WEATHER_COLUMN.get(normalise(field.weather))
+        column = _WEATHER_COLUMN.get(_normalised(field.weather))
         if column is not None:
             index.append(base + column)
             value.append(1.0)
     if field.terrain:
-        column = _TERRAIN_COLUMN.get(normalise(field.terrain))
+        column = _TERRAIN_COLUMN.get(_normalised(field.terrain))
         if column is not None:
             index.append(base + column)
             value.append(1.0)
@@ -375,18 +431,8 @@ def _globals_body(
         if column is not None:
             index.append(base + column)
             value.append(1.0)
-    for prefix, side_state in (("own_", own_side), ("opp_", opp_side)):
-        if side_state.conditions:
-            columns = _CONDITION_COLUMN[prefix]
-            for condition, layers in side_state.conditions.items():
-                entry = columns.get(condition)
-                if entry is not None:
-                    index.append(base + entry[0])
-                    value.append(min(layers, entry[1]) / entry[1])
-        for flag, column in _GIMMICK_COLUMN[prefix]:
-            if getattr(side_state, flag):
-                index.append(base + column)
-                value.append(1.0)
+    _side_globals(out, base, own_side, _OWN_CONDITIONS, _OWN_GIMMICKS)
+    _side_globals(out, base, opp_side, _OPP_CONDITIONS, _OPP_GIMMICKS)
     own_fainted = sum(1 for m in own_side.pokemon if m.fainted)
     opp_fainted = sum(1 for m in opp_side.pokemon if m.fainted)
     index.append(base + _OWN_LEFT)
@@ -523,6 +569,13 @@ class _SideEncoder:
         self.lives: list[PokemonState | None] = []
         self.row_mon: list[object] = [_UNSET] * N_ENTITIES
         self.row_version = [-1] * N_ENTITIES
+        # What each row's current token row was made of (compared by identity: a field that
+        # was not assigned since is the same object).
+        self.token_forme: list[object] = [_UNSET] * N_ENTITIES
+        self.token_ability: list[object] = [_UNSET] * N_ENTITIES
+        self.token_item: list[object] = [_UNSET] * N_ENTITIES
+        self.token_tera: list[object] = [_UNSET] * N_ENTITIES
+        self.token_moves = [-1] * N_ENTITIES
         self.opp_list_version = -1
         self.opp_rows: list[tuple[int, PokemonState]] = []
         # Globals without kind and turn, one row per state version seen.
@@ -561,19 +614,39 @@ class _SideEncoder:
             self.lives = [
                 own_side.find(member.name) if member.name else None for _, member, _ in self.members
             ]
-        for (row, member, moves), live in zip(self.members, self.lives, strict=True):
+        members, lives = self.members, self.lives
+        token_forme, token_ability = self.token_forme, self.token_ability
+        token_item, token_tera = self.token_item, self.token_tera
+        for position in range(len(members)):
+            row, member, moves = members[position]
+            live: PokemonState | None = lives[position]
             key: tuple
             if live is None:
                 if row_mon[row] is None:
                     continue
                 key = (row,)
+                token = token_rows.get(key)
+                if token is None:
+                    token = self._token_row(key, _own_tokens(dex, member, moves, live))
             else:
                 if live is row_mon[row] and live.version == row_version[row]:
                     continue
-                key = (row, live.forme, live.ability, live.item, live.tera_type)
-            token = token_rows.get(key)
-            if token is None:
-                token = self._token_row(key, _own_tokens(dex, member, moves, live))
+                forme, ability, item, tera = live.forme, live.ability, live.item, live.tera_type
+                if (
+                    live is row_mon[row]
+                    and forme is token_forme[row]
+                    and ability is token_ability[row]
+                    and item is token_item[row]
+                    and tera is token_tera[row]
+                ):
+                    token = current_tokens[row]  # what the token row is made of is unchanged
+                else:
+                    key = (row, forme, ability, item, tera)
+                    token = token_rows.get(key)
+                    if token is None:
+                        token = self._token_row(key, _own_tokens(dex, member, moves, live))
+                    token_forme[row], token_ability[row] = forme, ability
+                    token_item[row], token_tera[row] = item, tera
             current_tokens[row] = token
             index = self._feature_row()
             _own_features(cells, index, member, live)
@@ -591,19 +664,30 @@ class _SideEncoder:
                 current_tokens[row], current_features[row] = token, index
                 row_mon[row] = _UNSET
             self.opp_rows = [(A.N_TEAM + o, mon) for o, mon in enumerate(revealed)]
+        token_moves = self.token_moves
         for row, mon in self.opp_rows:
             if mon is row_mon[row] and mon.version == row_version[row]:
                 continue
-            opp_key: tuple = (
-                mon.forme,
-                mon.ability,
-                mon.item,
-                tuple(mon.moves[: A.N_MOVES]),
-                mon.tera_type if mon.terastallized else None,
-            )
-            token = token_rows.get(opp_key)
-            if token is None:
-                token = self._token_row(opp_key, _opponent_tokens(dex, mon))
+            forme, ability, item = mon.forme, mon.ability, mon.item
+            tera = mon.tera_type if mon.terastallized else None
+            n_moves = len(mon.moves)  # moves are only ever appended
+            if (
+                mon is row_mon[row]
+                and forme is token_forme[row]
+                and ability is token_ability[row]
+                and item is token_item[row]
+                and tera is token_tera[row]
+                and n_moves == token_moves[row]
+            ):
+                token = current_tokens[row]  # what the token row is made of is unchanged
+            else:
+                opp_key: tuple = (forme, ability, item, tuple(mon.moves[: A.N_MOVES]), tera)
+                token = token_rows.get(opp_key)
+                if token is None:
+                    token = self._token_row(opp_key, _opponent_tokens(dex, mon))
+                token_forme[row], token_ability[row] = forme, ability
+                token_item[row], token_tera[row] = item, tera
+                token_moves[row] = n_moves
             current_tokens[row] = token
             index = self._feature_row()
             _mon_features(cells, index, mon, False, False)

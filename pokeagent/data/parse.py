@@ -35,8 +35,8 @@ from pokeagent.showdown.dex import Dex
 from pokeagent.showdown.protocol import (
     Message,
     effect_name,
+    message_from_parts,
     parse_details,
-    parse_line,
     parse_pokemon_ref,
 )
 from pokeagent.showdown.state import BATTLE_STATE_KINDS, BattleState, PokemonState, normalise
@@ -218,7 +218,6 @@ class _Reconstruction:
         self.hind = hindsight
         self.gen = gen
         self.banned_gimmicks = banned_gimmicks
-        self.dex = Dex.load()
         # `encode` itself: the same arrays from the incremental encoder, which encodes only what
         # changed since the side's previous decision and builds them all at the end.
         self.incremental = IncrementalEncoder() if encoder is encode else None
@@ -232,18 +231,30 @@ class _Reconstruction:
         self.in_turns = False
         self.pursuit_target: str | None = None
         self.gen1_frozen_or_asleep: set[str] = set()
-        self.slots: dict[tuple[str, str | None], int | None] = {}
+        self.slots: dict[str, dict[str | None, int | None]] = {side: {} for side in SIDES}
+        # side -> (SideState.version, each hindsight member's live Pokémon or None)
+        self.lives: dict[str, tuple[int, list[PokemonState | None]]] = {}
         self.stacked: dict[str, dict[str, np.ndarray]] = {}
 
     # --------------------------------------------------------------- decisions
     def _slot(self, side: str, name: str | None) -> int | None:
         """`hind.slot_of(side, name)`, memoised (the hindsight does not change in the walk)."""
-        key = (side, name)
-        try:
-            return self.slots[key]
-        except KeyError:
-            slot = self.slots[key] = self.hind.slot_of(side, name)
-            return slot
+        slots = self.slots[side]
+        if name in slots:
+            return slots[name]
+        slot = slots[name] = self.hind.slot_of(side, name)
+        return slot
+
+    def _lives(self, side: str) -> list[PokemonState | None]:
+        """Each hindsight member's Pokémon in the state now (None: not seen yet), by canonical
+        slot; found again only when the side's list of Pokémon changed."""
+        live = self.state.sides[side]
+        cached = self.lives.get(side)
+        if cached is not None and cached[0] == live.version:
+            return cached[1]
+        lives = [live.find(m.name) if m.name else None for m in self.hind.team[side]]
+        self.lives[side] = (live.version, lives)
+        return lives
 
     def _open(self, side: str, kind: int, legal_bits: int) -> Decision:
         active = self.state.sides[side].active
@@ -277,13 +288,11 @@ class _Reconstruction:
     # --------------------------------------------------------------- legal masks
     def _switch_mask(self, side: str) -> int:
         """Switch actions open to `side` (bits): members not known to be fainted or active."""
-        members, size = self.hind.team[side], self.hind.team_size[side]
-        live = self.state.sides[side]
+        lives = self._lives(side)
         bits = 0
-        for index in range(min(size, A.N_TEAM)):
-            if index < len(members):
-                name = members[index].name
-                mon = live.find(name) if name else None
+        for index in range(min(self.hind.team_size[side], A.N_TEAM)):
+            if index < len(lives):
+                mon = lives[index]
                 if mon is not None and (mon.fainted or mon.active):
                     continue
             bits |= 1 << (A.SWITCH_BASE + index)
@@ -339,14 +348,15 @@ class _Reconstruction:
         The log names only the Z-/Max Move; its type (or, for Max Guard, being a status move)
         points at the base move. Only a fully known moveset rules out an unrevealed match.
         """
-        record = self.dex.move(move, self.gen)
+        dex = Dex.load()
+        record = dex.move(move, self.gen)
         slot = self._slot(side, mon.name)
         if record is None or not (record["isZ"] or record["isMax"]) or slot is None:
             return None
         moves = self.hind.team[side][slot].moves
         if len(moves) < A.N_MOVES:
             return None
-        bases = [self.dex.move(m, self.gen) for m in moves]
+        bases = [dex.move(m, self.gen) for m in moves]
         if record["category"] == "Status":
             candidates = [
                 m for m, b in zip(moves, bases, strict=True) if b and b["category"] == "Status"
@@ -663,19 +673,19 @@ def _messages(log: str) -> list[tuple[int, Message]]:
     """(line index, message) for the lines some pass reads; the rest are never split."""
     numbered = []
     read = _READ
-    for index, line in enumerate(log.splitlines()):
-        if line[:1] != "|":
+    index = -1
+    for line in log.splitlines():
+        index += 1
+        if not line.startswith("|"):
             continue
-        end = line.find("|", 1)
-        kind = line[1:end] if end > 0 else line[1:]  # most lines are never split
+        parts = line.split("|")  # ["", kind, args...]
+        kind = parts[1]
         wanted = read.get(kind)
         if wanted or (wanted is None and _is_read(kind)):
             if "[" in line:
-                msg = parse_line(line)
-                if msg is not None:
-                    numbered.append((index, msg))
-            else:  # no tags: `parse_line` without its checks
-                numbered.append((index, Message(kind, line.split("|")[2:], {}, line)))
+                numbered.append((index, message_from_parts(parts[1:], line)))
+            else:  # no tags: `message_from_parts` without its checks
+                numbered.append((index, Message(kind, parts[2:], {}, line)))
     return numbered
 
 

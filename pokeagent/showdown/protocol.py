@@ -56,7 +56,11 @@ def parse_line(line: str) -> Message | None:
     """Split a protocol line; None for blank lines and lines that are not messages (chat text)."""
     if not line.startswith("|") or len(line) < 2:
         return None
-    parts = line[1:].split("|")
+    return message_from_parts(line[1:].split("|"), line)
+
+
+def message_from_parts(parts: list[str], line: str) -> Message:
+    """The message of `line` from its fields after the leading `|` (`parts[0]` is the kind)."""
     kind = parts[0]
     if "[" not in line:
         return Message(kind, parts[1:], {}, line)
