@@ -101,3 +101,33 @@ def test_a_changed_source_runs_uncompiled(monkeypatch):
     finally:
         native._mode = mode
         sys.meta_path[:] = meta_path
+
+
+def test_written_out_inits_match_the_dataclass_fields():
+    """Hot dataclasses spell out __init__ (compiled, unlike a generated one): every field must
+    get its declared default, so adding a field without updating __init__ fails here."""
+    import dataclasses
+
+    import numpy as np
+
+    from pokeagent.data.parse import Decision
+    from pokeagent.showdown.protocol import Message
+    from pokeagent.showdown.state import PokemonState
+
+    made = {
+        Message: Message("move", ["p1a: X", "Tackle"]),
+        Decision: Decision(3, 1, np.zeros(14, dtype=bool)),
+        PokemonState: PokemonState("p1", "Pikachu", "Pikachu"),
+    }
+    for cls, instance in made.items():
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                assert getattr(instance, f.name) == f.default, (cls.__name__, f.name)
+            elif f.default_factory is not dataclasses.MISSING:
+                assert getattr(instance, f.name) == f.default_factory(), (cls.__name__, f.name)
+            else:
+                assert hasattr(instance, f.name), (cls.__name__, f.name)
+    # the keyword form callers use
+    mon = PokemonState(side="p2", species="Mew", start_species="Mew", name="M")
+    assert (mon.side, mon.name, mon.moves, mon.version) == ("p2", "M", [], 0)
+    assert Message("turn", ["1"], line="|turn|1").tags == {}

@@ -84,6 +84,29 @@ class Decision:
     legal_bits: int = 0
     """`legal` as bits (1 << action) while the parser builds it; `legal` is made at the end."""
 
+    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the defaults).
+    def __init__(
+        self,
+        turn: int,
+        kind: int,
+        legal: np.ndarray,
+        action: int = A.UNKNOWN_ACTION,
+        action_info: dict | None = None,
+        obs: Any = None,
+        active_slot: int | None = None,
+        line: int = 0,
+        legal_bits: int = 0,
+    ) -> None:
+        self.turn = turn
+        self.kind = kind
+        self.legal = legal
+        self.action = action
+        self.action_info = action_info
+        self.obs = obs
+        self.active_slot = active_slot
+        self.line = line
+        self.legal_bits = legal_bits
+
 
 @dataclass
 class Trajectory:

@@ -48,6 +48,16 @@ class Message:
     line: str = ""
     """The original line (for error messages)."""
 
+    # Written out (dataclass would generate the same): a generated __init__ is interpreted
+    # even where this module is compiled (pokeagent/native.py), and a replay makes hundreds.
+    def __init__(
+        self, kind: str, args: list[str], tags: dict[str, str] | None = None, line: str = ""
+    ) -> None:
+        self.kind = kind
+        self.args = args
+        self.tags = {} if tags is None else tags
+        self.line = line
+
     def arg(self, index: int, default: str = "") -> str:
         return self.args[index] if index < len(self.args) else default
 

@@ -223,6 +223,38 @@ class PokemonState:
     """Bumped by `BattleState.apply` whenever a message may have changed this Pokémon (what
     `IncrementalEncoder` re-encodes)."""
 
+    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the defaults).
+    # Callers pass the fields after `start_species` by name only.
+    def __init__(
+        self, side: str, species: str, start_species: str, name: str | None = None
+    ) -> None:
+        self.side = side
+        self.species = species
+        self.start_species = start_species
+        self.name = name
+        self.level = 100
+        self.gender = ""
+        self.hp = 1.0
+        self.fainted = False
+        self.status = None
+        self.boosts = {}
+        self.volatiles = set()
+        self.moves = []
+        self.item = None
+        self.first_item = None
+        self.ability = None
+        self.tera_type = None
+        self.terastallized = False
+        self.active = False
+        self.revealed = False
+        self.last_move = None
+        self.mega_evolved = False
+        self.used_zmove = False
+        self.disabled_move = None
+        self.encored_move = None
+        self.temporary_forme = None
+        self.version = 0
+
     @property
     def forme(self) -> str:
         """What it looks like right now."""
