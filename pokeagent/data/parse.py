@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pokeagent.data.encode import IncrementalEncoder, ObservationView, encode
+from pokeagent.data.encode import IncrementalEncoder, ObservationView, encode, int64_array
 from pokeagent.data.replay import Replay
 from pokeagent.data.teams import with_known_teams
 from pokeagent.showdown import actions as A
@@ -719,7 +719,7 @@ _ACTION_BITS = np.arange(A.N_ACTIONS, dtype=np.int64)
 
 def _masks(bits: list[int]) -> np.ndarray:
     """bool[len(bits), N_ACTIONS] from action bit sets, in one numpy operation."""
-    return (np.array(bits, dtype=np.int64).reshape(-1, 1) >> _ACTION_BITS & 1).astype(bool)
+    return (int64_array(bits).reshape(-1, 1) >> _ACTION_BITS & 1).astype(bool)
 
 
 def _choice_locked(item: str | None) -> bool:
