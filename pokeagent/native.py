@@ -30,6 +30,7 @@ COMPILED_MODULES = (
     "pokeagent.showdown.actions",
     "pokeagent.showdown.protocol",
     "pokeagent.showdown.state",
+    "pokeagent.data.hindsight",
     "pokeagent.data.encode",
     "pokeagent.data.parse",
 )

@@ -30,6 +30,7 @@ from functools import cache
 
 import numpy as np
 
+from pokeagent.data.hindsight import Hindsight, TeamMember
 from pokeagent.showdown import actions as A
 from pokeagent.showdown.dex import Dex
 from pokeagent.showdown.state import BattleState, PokemonState, SideState, normalise
@@ -151,27 +152,29 @@ def _dex() -> Dex:
     return Dex.load()
 
 
-class _Lookups:
-    """Name -> index, memoised: the same few hundred names recur in every battle."""
+class _Memo:
+    """A dex lookup, memoised: the same few hundred names recur in every battle."""
 
-    def __init__(self, dex: Dex):
-        self.species_index = _memo(dex.species_index)
-        self.move_index = _memo(dex.move_index)
-        self.item_index = _memo(dex.item_index)
-        self.ability_index = _memo(dex.ability_index)
-        self.type_index = _memo(dex.type_index)
+    def __init__(self, lookup: Callable[[str], int]) -> None:
+        self.lookup = lookup
+        self.table: dict[str, int] = {}
 
-
-def _memo(lookup: Callable[[str], int]) -> Callable[[str], int]:
-    table: dict[str, int] = {}
-
-    def index(name: str) -> int:
-        value = table.get(name)
+    def get(self, name: str) -> int:
+        value = self.table.get(name)
         if value is None:
-            value = table[name] = lookup(name)
+            value = self.table[name] = self.lookup(name)
         return value
 
-    return index
+
+class _Lookups:
+    """Name -> index for each kind of dex entry."""
+
+    def __init__(self, dex: Dex):
+        self.species_index = _Memo(dex.species_index)
+        self.move_index = _Memo(dex.move_index)
+        self.item_index = _Memo(dex.item_index)
+        self.ability_index = _Memo(dex.ability_index)
+        self.type_index = _Memo(dex.type_index)
 
 
 @cache
@@ -179,12 +182,12 @@ def _lookups() -> _Lookups:
     return _Lookups(_dex())
 
 
-def _index(lookup, name: str | None) -> int:
+def _index(lookup: _Memo, name: str | None) -> int:
     if name is None:
         return UNKNOWN
     if name == "":
         return PAD  # known to have none (an item knocked off or consumed)
-    return lookup(name)
+    return lookup.get(name)
 
 
 # Column indices, resolved once (the hot loops index arrays with plain ints).
@@ -351,25 +354,27 @@ def _mon_features(
     out.write(row, bits, mon.hp, mon.level / 100.0)
 
 
-def _own_moves(dex: _Lookups, member) -> tuple[int, ...]:
+def _own_moves(dex: _Lookups, member: TeamMember) -> tuple[int, ...]:
     moves = member.moves
-    return tuple(dex.move_index(moves[s]) if s < len(moves) else UNKNOWN for s in range(A.N_MOVES))
+    return tuple(
+        dex.move_index.get(moves[s]) if s < len(moves) else UNKNOWN for s in range(A.N_MOVES)
+    )
 
 
 def _own_tokens(
-    dex: _Lookups, member, moves: tuple[int, ...], live: PokemonState | None
+    dex: _Lookups, member: TeamMember, moves: tuple[int, ...], live: PokemonState | None
 ) -> tuple[int, ...]:
     """Token row of an own team member the hindsight lists (`moves`: its move tokens)."""
     if live is None:
         return (
-            dex.species_index(member.species),
+            dex.species_index.get(member.species),
             _index(dex.ability_index, member.ability),
             _index(dex.item_index, member.item),
             *moves,
             _index(dex.type_index, member.tera_type),
         )
     return (
-        dex.species_index(live.forme),
+        dex.species_index.get(live.forme),
         _index(dex.ability_index, live.ability or member.ability),
         _index(dex.item_index, live.item if live.item is not None else member.item),
         *moves,
@@ -377,7 +382,7 @@ def _own_tokens(
     )
 
 
-def _own_features(out: _MonRows, row: int, member, live: PokemonState | None) -> None:
+def _own_features(out: _MonRows, row: int, member: TeamMember, live: PokemonState | None) -> None:
     """Feature row of an own team member the hindsight lists."""
     if live is None:
         out.write(row, _BIT_PRESENT | _BIT_OWN, 1.0, 0.0)
@@ -400,14 +405,14 @@ def _opponent_tokens(dex: _Lookups, mon: PokemonState) -> tuple[int, ...]:
     moves = mon.moves
     n_moves = len(moves)
     return (
-        dex.species_index(mon.forme),
+        dex.species_index.get(mon.forme),
         _index(dex.ability_index, mon.ability),
         _index(dex.item_index, mon.item),
-        dex.move_index(moves[0]) if n_moves > 0 else UNKNOWN,
-        dex.move_index(moves[1]) if n_moves > 1 else UNKNOWN,
-        dex.move_index(moves[2]) if n_moves > 2 else UNKNOWN,
-        dex.move_index(moves[3]) if n_moves > 3 else UNKNOWN,
-        dex.type_index(mon.tera_type) if mon.terastallized and mon.tera_type else UNKNOWN,
+        dex.move_index.get(moves[0]) if n_moves > 0 else UNKNOWN,
+        dex.move_index.get(moves[1]) if n_moves > 1 else UNKNOWN,
+        dex.move_index.get(moves[2]) if n_moves > 2 else UNKNOWN,
+        dex.move_index.get(moves[3]) if n_moves > 3 else UNKNOWN,
+        dex.type_index.get(mon.tera_type) if mon.terastallized and mon.tera_type else UNKNOWN,
     )
 
 
@@ -493,8 +498,10 @@ def _globals_body(
     value.append((opp_side.team_size - opp_fainted) / A.N_TEAM)
 
 
-def encode(state: BattleState, side: str, hindsight, kind: int = A.TURN) -> dict[str, np.ndarray]:
-    """Arrays for `side`'s view of `state`; `hindsight` is parse.Hindsight (own team knowledge).
+def encode(
+    state: BattleState, side: str, hindsight: Hindsight, kind: int = A.TURN
+) -> dict[str, np.ndarray]:
+    """Arrays for `side`'s view of `state`; `hindsight`: what the player knows of its own team.
 
     Builds every row from scratch; `IncrementalEncoder` gives the same arrays faster when called
     decision after decision on one battle.
@@ -555,12 +562,12 @@ class IncrementalEncoder:
         self._sides: dict[str, _SideEncoder] = {}
 
     def __call__(
-        self, state: BattleState, side: str, hindsight, kind: int = A.TURN
+        self, state: BattleState, side: str, hindsight: Hindsight, kind: int = A.TURN
     ) -> dict[str, np.ndarray]:
         encoder = self._side(state, side, hindsight)
         return encoder.take(encoder.add(kind))
 
-    def add(self, state: BattleState, side: str, hindsight, kind: int = A.TURN) -> None:
+    def add(self, state: BattleState, side: str, hindsight: Hindsight, kind: int = A.TURN) -> None:
         """Record `side`'s view now; its arrays come later from `stacked(side)`."""
         self._side(state, side, hindsight).add(kind)
 
@@ -570,7 +577,7 @@ class IncrementalEncoder:
         encoder = self._sides.get(side)
         return encoder.stacked() if encoder is not None else None
 
-    def _side(self, state: BattleState, side: str, hindsight) -> _SideEncoder:
+    def _side(self, state: BattleState, side: str, hindsight: Hindsight) -> _SideEncoder:
         encoder = self._sides.get(side)
         if encoder is None or encoder.state is not state or encoder.hindsight is not hindsight:
             encoder = self._sides[side] = _SideEncoder(state, side, hindsight)
@@ -588,7 +595,7 @@ class _SideEncoder:
     `row_mon[r]`/`row_version[r]` the Pokémon (and version) they were made from.
     """
 
-    def __init__(self, state: BattleState, side: str, hindsight) -> None:
+    def __init__(self, state: BattleState, side: str, hindsight: Hindsight) -> None:
         self.dex = _lookups()
         self.state, self.side, self.hindsight = state, side, hindsight
         other = "p2" if side == "p1" else "p1"
@@ -608,15 +615,17 @@ class _SideEncoder:
         self.current_tokens = [0] * N_ENTITIES
         self.current_features = [0] * N_ENTITIES
         members = hindsight.team[side]
-        # Own rows with a member: (row, member, move tokens); the rest never change.
-        self.members = []
+        # Own rows with a member (row = canonical slot), with its move tokens; the rest of the
+        # own rows never change.
+        self.members: list[TeamMember] = []
+        self.member_moves: list[tuple[int, ...]] = []
         for row in range(min(self.own_team_size, A.N_TEAM)):
             if row >= len(members):
                 self.current_tokens[row] = own_unknown
                 self.current_features[row] = own_unknown_features
             else:
-                member = members[row]
-                self.members.append((row, member, _own_moves(self.dex, member)))
+                self.members.append(members[row])
+                self.member_moves.append(_own_moves(self.dex, members[row]))
         self.own_list_version = -1
         self.lives: list[PokemonState | None] = []
         self.row_mon: list[object] = [_UNSET] * N_ENTITIES
@@ -664,14 +673,14 @@ class _SideEncoder:
         if own_side.version != self.own_list_version:
             self.own_list_version = own_side.version
             self.lives = [
-                own_side.find(member.name) if member.name else None for _, member, _ in self.members
+                own_side.find(member.name) if member.name else None for member in self.members
             ]
-        members, lives = self.members, self.lives
+        members, member_moves, lives = self.members, self.member_moves, self.lives
         token_forme, token_ability = self.token_forme, self.token_ability
         token_item, token_tera = self.token_item, self.token_tera
-        for position in range(len(members)):
-            row, member, moves = members[position]
-            live: PokemonState | None = lives[position]
+        for row in range(len(members)):  # member i sits in own row i
+            member, moves = members[row], member_moves[row]
+            live: PokemonState | None = lives[row]
             key: tuple
             if live is None:
                 if row_mon[row] is None:

@@ -9,8 +9,10 @@ the own-team rows the encoder sees are built one way in training and in play.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 
+from pokeagent.data.hindsight import Hindsight, TeamMember
 from pokeagent.showdown import actions as A
 from pokeagent.showdown.dex import Dex, to_id
 from pokeagent.showdown.state import normalise
@@ -42,14 +44,14 @@ def _species_name(species: str, gen: int) -> str:
     return record["name"] if record else species
 
 
-def members_from_sets(sets: list[dict], gen: int, hindsight_members=()) -> list:
+def members_from_sets(
+    sets: list[dict], gen: int, hindsight_members: Iterable[TeamMember] = ()
+) -> list[TeamMember]:
     """Team sheet (PokemonSet dicts) -> TeamMembers in canonical order (sorted by species id).
 
     The gimmick flags (the parser's gimmick mask) come from the held item: a Mega Stone or a
     Z-Crystal; `hindsight_members` (what the log revealed) adds the cases a sheet does not show.
     """
-    from pokeagent.data.parse import TeamMember  # parse imports this module
-
     revealed = {m.name: m for m in hindsight_members if m.name}
     members = []
     for pokemon in sets[: A.N_TEAM]:
@@ -79,7 +81,7 @@ def members_from_sets(sets: list[dict], gen: int, hindsight_members=()) -> list:
     return members
 
 
-def with_known_teams(hindsight, replay, gen: int):
+def with_known_teams(hindsight: Hindsight, replay, gen: int) -> Hindsight:
     """`hindsight` with each side's team replaced by its team sheet, where the replay has one."""
     if not replay.teams:
         return hindsight

@@ -29,7 +29,7 @@ from poke_env.player import Player
 from poke_env.player.battle_order import BattleOrder
 
 from pokeagent.data.encode import encode
-from pokeagent.data.parse import Hindsight
+from pokeagent.data.hindsight import Hindsight
 from pokeagent.data.teams import display_name, members_from_sets
 from pokeagent.showdown import actions as A
 from pokeagent.showdown.protocol import ROOM_LINES, parse_line
