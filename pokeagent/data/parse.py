@@ -21,6 +21,7 @@ never lets any other exception out for bad input (it becomes a 'parser error: ..
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ from pokeagent.showdown import actions as A
 from pokeagent.showdown.dex import Dex
 from pokeagent.showdown.protocol import (
     Message,
+    effect_kind,
     effect_name,
     message_from_parts,
     parse_details,
@@ -354,17 +356,29 @@ class _Reconstruction:
         for line_no, msg in self.msgs:
             self.line_no = line_no
             kind = msg.kind
-            handler = handlers.get(kind)
-            if handler is None and kind not in handlers:
-                handler = handlers[kind] = getattr(_Reconstruction, _handler_name(kind), None)
-            if handler is not None:
-                handler(self, msg)
+            # Frequent kinds called directly (see BattleState.apply), the rest by name.
+            if kind == "move":
+                self._on_move(msg)
+            elif kind == "switch":
+                self._on_switch(msg)
+            elif kind == "turn":
+                self._on_turn(msg)
+            elif kind != "-damage":  # no handler, and the most frequent kind of all
+                handler = handlers.get(kind)
+                if handler is None and kind not in handlers:
+                    handler = handlers[kind] = getattr(_Reconstruction, _handler_name(kind), None)
+                if handler is not None:
+                    handler(self, msg)
             state.apply(msg)
             if kind == "turn":
                 self._open_turn()
+        first = self.decisions[SIDES[0]]
+        both = _masks(
+            [d.legal_bits for d in first] + [d.legal_bits for d in self.decisions[SIDES[1]]]
+        )
         for side in SIDES:
             decisions = self.decisions[side]
-            masks = _masks([d.legal_bits for d in decisions])
+            masks = both[: len(first)] if side == SIDES[0] else both[len(first) :]
             for decision, legal in zip(decisions, masks, strict=True):
                 decision.legal = legal
             stacked = self.incremental.stacked(side) if self.incremental is not None else None
@@ -605,7 +619,14 @@ _NOT_HINDSIGHT = frozenset(
 )
 """Kinds whose BattleState handlers change nothing the hindsight or `_check_battle` reads (HP,
 status, boosts, field, side conditions, forme of the moment), except through a `[from]` tag
-that reveals an item or ability: the hindsight pass skips them when they have none."""
+that reveals an item or ability: the hindsight pass skips them when they have none
+(`_reveals_item_or_ability`)."""
+
+
+def _reveals_item_or_ability(msg: Message) -> bool:
+    """`[from] item: Leftovers` / `[from] ability: Rough Skin` (what BattleState reveals)."""
+    source = msg.tags.get("from")
+    return source is not None and effect_kind(source) in ("item", "ability")
 
 
 def _handler_name(kind: str) -> str:
@@ -614,23 +635,27 @@ def _handler_name(kind: str) -> str:
 
 _HANDLERS: dict[str, Callable | None] = {}
 """Message kind -> `_Reconstruction` handler (None: no handler), filled as kinds show up."""
-_READ: dict[str, bool] = {}
-"""Message kind -> whether anything in this module or in BattleState reads such messages."""
+_READ: dict[str, str] = {}
+"""Message kind -> the kind as an interned string when anything in this module or in
+BattleState reads such messages, else `_UNREAD`."""
+_UNREAD = "\x00unread"
 
 
-def _is_read(kind: str) -> bool:
-    read = _READ.get(kind)
-    if read is None:
-        read = _READ[kind] = (
-            kind in BATTLE_STATE_KINDS
-            or kind in ("replace", "rule")
-            or hasattr(_Reconstruction, _handler_name(kind))
-        )
+def _read_kind(kind: str) -> str:
+    """`_READ[kind]`, worked out the first time. Interned, the kind is the very object the
+    handler tables' literals are (where compiled), so every later lookup matches by identity."""
+    read = _READ[kind] = (
+        sys.intern(kind)
+        if kind in BATTLE_STATE_KINDS
+        or kind in ("replace", "rule")
+        or hasattr(_Reconstruction, _handler_name(kind))
+        else _UNREAD
+    )
     return read
 
 
 def _messages(log: str) -> list[tuple[int, Message]]:
-    """(line index, message) for the lines some pass reads; the rest are never split."""
+    """(line index, message) for the lines some pass reads."""
     numbered = []
     read = _READ
     index = -1
@@ -639,13 +664,16 @@ def _messages(log: str) -> list[tuple[int, Message]]:
         if not line.startswith("|"):
             continue
         parts = line.split("|")  # ["", kind, args...]
-        kind = parts[1]
-        wanted = read.get(kind)
-        if wanted or (wanted is None and _is_read(kind)):
-            if "[" in line:
-                numbered.append((index, message_from_parts(parts[1:], line)))
-            else:  # no tags: `message_from_parts` without its checks
-                numbered.append((index, Message(kind, parts[2:], {}, line)))
+        kind = read.get(parts[1])
+        if kind is None:
+            kind = _read_kind(parts[1])
+        if kind is _UNREAD:
+            continue
+        if "[" in line:
+            parts[1] = kind
+            numbered.append((index, message_from_parts(parts[1:], line)))
+        else:  # no tags: `message_from_parts` without its checks
+            numbered.append((index, Message(kind, parts[2:], {}, line)))
     return numbered
 
 
@@ -685,7 +713,7 @@ def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Traject
     msgs = [m for _, m in numbered]
     final = BattleState()
     for msg in msgs:
-        if msg.kind in _NOT_HINDSIGHT and "from" not in msg.tags:
+        if msg.kind in _NOT_HINDSIGHT and not (msg.tags and _reveals_item_or_ability(msg)):
             continue
         final.apply(msg)
     _check_battle(msgs, final)
