@@ -110,7 +110,8 @@ def test_written_out_inits_match_the_dataclass_fields():
 
     import numpy as np
 
-    from pokeagent.data.parse import Decision
+    from pokeagent.data.hindsight import TeamMember
+    from pokeagent.data.parse import Decision, Trajectory
     from pokeagent.showdown.protocol import Message
     from pokeagent.showdown.state import PokemonState
 
@@ -118,6 +119,8 @@ def test_written_out_inits_match_the_dataclass_fields():
         Message: Message("move", ["p1a: X", "Tackle"]),
         Decision: Decision(3, 1, np.zeros(14, dtype=bool)),
         PokemonState: PokemonState("p1", "Pikachu", "Pikachu"),
+        TeamMember: TeamMember("Mew", "M", ["Psychic"], None, None, None, False, False),
+        Trajectory: Trajectory("b", "gen9ou", 9, "p1", "A", None, None, 1.0, "x"),
     }
     for cls, instance in made.items():
         for f in dataclasses.fields(cls):

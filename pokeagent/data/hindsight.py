@@ -29,6 +29,27 @@ class TeamMember:
     zmove: bool
     """It uses a Z-Move at some point."""
 
+    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the fields).
+    def __init__(
+        self,
+        species: str,
+        name: str | None,
+        moves: list[str],
+        item: str | None,
+        ability: str | None,
+        tera_type: str | None,
+        mega: bool,
+        zmove: bool,
+    ) -> None:
+        self.species = species
+        self.name = name
+        self.moves = moves
+        self.item = item
+        self.ability = ability
+        self.tera_type = tera_type
+        self.mega = mega
+        self.zmove = zmove
+
 
 @dataclass
 class Hindsight:

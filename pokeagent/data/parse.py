@@ -38,7 +38,7 @@ from pokeagent.showdown.protocol import (
     Message,
     effect_kind,
     effect_name,
-    message_from_parts,
+    message_from_fields,
     parse_details,
     parse_pokemon_ref,
 )
@@ -132,6 +132,37 @@ class Trajectory:
     arrays: dict[str, np.ndarray] | None = None
     """With `encode`: the decisions' arrays stacked, [T, ...] per key (tokens, features,
     globals, legal); what shards store, without stacking per-decision arrays again."""
+
+    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the defaults).
+    def __init__(
+        self,
+        battle_id: str,
+        format: str,
+        gen: int,
+        side: str,
+        player: str,
+        rating: int | None,
+        opponent_rating: int | None,
+        outcome: float,
+        source: str,
+        decisions: list[Decision] | None = None,
+        team: list[dict] | None = None,
+        parser_version: int = PARSER_VERSION,
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        self.battle_id = battle_id
+        self.format = format
+        self.gen = gen
+        self.side = side
+        self.player = player
+        self.rating = rating
+        self.opponent_rating = opponent_rating
+        self.outcome = outcome
+        self.source = source
+        self.decisions = [] if decisions is None else decisions
+        self.team = [] if team is None else team
+        self.parser_version = parser_version
+        self.arrays = arrays
 
     @property
     def labelled(self) -> int:
@@ -663,20 +694,22 @@ def _messages(log: str) -> list[tuple[int, Message]]:
         index += 1
         if not line.startswith("|"):
             continue
-        parts = line.split("|")  # ["", kind, args...]
-        kind = read.get(parts[1])
+        head = line.split("|", 2)  # ["", kind, "the|rest"]: lines not read are not split
+        kind = read.get(head[1])
         if kind is None:
-            kind = _read_kind(parts[1])
+            kind = _read_kind(head[1])
         if kind is _UNREAD:
             continue
+        fields = head[2].split("|") if len(head) > 2 else []
         if "[" in line:
-            parts[1] = kind
-            numbered.append((index, message_from_parts(parts[1:], line)))
-        else:  # no tags: `message_from_parts` without its checks
-            numbered.append((index, Message(kind, parts[2:], {}, line)))
+            numbered.append((index, message_from_fields(kind, fields, line)))
+        else:  # no tags: `message_from_fields` without its checks
+            numbered.append((index, Message(kind, fields, _NO_TAGS, line)))
     return numbered
 
 
+_NO_TAGS: dict[str, str] = {}
+"""The tags of every message without any, shared (nothing changes a message's tags)."""
 _NO_MASK = np.zeros(0, dtype=bool)
 """A decision's `legal` until the walk ends (it builds `legal_bits`)."""
 _ACTION_BITS = np.arange(A.N_ACTIONS, dtype=np.int64)

@@ -66,17 +66,17 @@ def parse_line(line: str) -> Message | None:
     """Split a protocol line; None for blank lines and lines that are not messages (chat text)."""
     if not line.startswith("|") or len(line) < 2:
         return None
-    return message_from_parts(line[1:].split("|"), line)
+    parts = line[1:].split("|")
+    return message_from_fields(parts[0], parts[1:], line)
 
 
-def message_from_parts(parts: list[str], line: str) -> Message:
-    """The message of `line` from its fields after the leading `|` (`parts[0]` is the kind)."""
-    kind = parts[0]
+def message_from_fields(kind: str, fields: list[str], line: str) -> Message:
+    """The message of `line` from its kind and the fields after it (arguments and tags)."""
     if "[" not in line:
-        return Message(kind, parts[1:], {}, line)
+        return Message(kind, fields, {}, line)
     args: list[str] = []
     tags: dict[str, str] = {}
-    for part in parts[1:]:
+    for part in fields:
         tag = _tag(part) if part.startswith("[") else None
         if tag is not None:
             tags[tag[0]] = tag[1]
@@ -225,11 +225,28 @@ def _parse_hp_status(text: str) -> tuple[float | None, bool, str | None]:
 
 def effect_name(text: str) -> str:
     """`item: Leftovers` -> 'Leftovers'; `move: Taunt` -> 'Taunt'; `Encore` -> 'Encore'."""
-    _, sep, rest = text.partition(": ")
-    return rest if sep and text.split(":")[0] in ("item", "ability", "move", "pokemon") else text
+    return _effect(text)[1]
 
 
 def effect_kind(text: str) -> str:
     """`item: Leftovers` -> 'item'; `ability: Intimidate` -> 'ability'; plain -> ''."""
-    head, sep, _ = text.partition(": ")
-    return head if sep and head in ("item", "ability", "move", "pokemon") else ""
+    return _effect(text)[0]
+
+
+_EFFECTS: dict[str, tuple[str, str]] = {}
+
+
+def _effect(text: str) -> tuple[str, str]:
+    """(effect_kind, effect_name) of `text`, memoised."""
+    effect = _EFFECTS.get(text)
+    if effect is None:
+        head, sep, rest = text.partition(": ")
+        kinds = ("item", "ability", "move", "pokemon")
+        effect = (
+            head if sep and head in kinds else "",
+            rest if sep and text.split(":")[0] in kinds else text,
+        )
+        if len(_EFFECTS) >= _CACHE_LIMIT:
+            _EFFECTS.clear()
+        _EFFECTS[text] = effect
+    return effect
