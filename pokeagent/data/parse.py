@@ -40,7 +40,6 @@ from pokeagent.showdown.protocol import (
     effect_name,
     message_from_fields,
     parse_details,
-    parse_pokemon_ref,
 )
 from pokeagent.showdown.state import BATTLE_STATE_KINDS, BattleState, PokemonState
 
@@ -444,7 +443,7 @@ class _Reconstruction:
             self.pending_preview[side] = self._open(side, A.TEAM_PREVIEW, mask)
 
     def _on_move(self, msg: Message) -> None:
-        ref = parse_pokemon_ref(msg.arg(0))
+        ref = msg.ref()
         if ref is None or ref.side not in self.pending_turn:
             return
         source = msg.tags.get("from")
@@ -454,7 +453,7 @@ class _Reconstruction:
             source = None
         if source and source != "lockedmove":
             return  # called by another move or effect: not this turn's choice
-        mon = self.state.mon(msg.arg(0))
+        mon = self.state.mon_ref(msg.ref())
         decision = self.pending_turn[ref.side]
         if mon is None:
             self._close_turn(ref.side)
@@ -487,13 +486,13 @@ class _Reconstruction:
         self._close_turn(ref.side)
 
     def _on_cant(self, msg: Message) -> None:
-        ref = parse_pokemon_ref(msg.arg(0))
+        ref = msg.ref()
         if ref is None or ref.side not in self.pending_turn or "of" in msg.tags:
             # With `[of]` the Pokémon named holds the blocking ability (Queenly Majesty,
             # Dazzling, Armor Tail); the blocked attacker's move line came first.
             return
         decision = self.pending_turn[ref.side]
-        mon = self.state.mon(msg.arg(0))
+        mon = self.state.mon_ref(msg.ref())
         move = msg.arg(2)
         if move and mon is not None:
             # `|cant|p1a: X|move: Taunt|Swords Dance` names the move that was chosen.
@@ -514,13 +513,13 @@ class _Reconstruction:
         self._gimmick(msg, "zmove")
 
     def _gimmick(self, msg: Message, gimmick: str) -> None:
-        ref = parse_pokemon_ref(msg.arg(0))
+        ref = msg.ref()
         if ref is not None and ref.side in self.pending_turn:
             self.gimmick_now[ref.side] = gimmick
 
     def _forced_out(self, msg: Message) -> None:
         """The side's active leaves or falls before acting: its turn choice stays unknown."""
-        ref = parse_pokemon_ref(msg.arg(0))
+        ref = msg.ref()
         if ref is not None and ref.side in self.pending_turn:
             active = self.state.sides[ref.side].active
             if active is not None and active.name == ref.name:
@@ -537,7 +536,7 @@ class _Reconstruction:
         # request); the log shows only the revived one healing, from the side's bench.
         if msg.tags.get("from") != "move: Revival Blessing":
             return
-        ref = parse_pokemon_ref(msg.arg(0))
+        ref = msg.ref()
         if ref is None or ref.side not in SIDES:
             return
         mask = 0
@@ -565,7 +564,7 @@ class _Reconstruction:
             self._gimmick(msg, "dynamax")
         # Encored before it moved: the move it makes is the encored one, not its choice.
         if effect_name(msg.arg(1)) == "Encore":
-            ref = parse_pokemon_ref(msg.arg(0))
+            ref = msg.ref()
             if ref is not None:
                 self._close_turn(ref.side)
 
@@ -574,7 +573,7 @@ class _Reconstruction:
             self._forced_out(msg)
 
     def _on_switch(self, msg: Message) -> None:
-        ref = parse_pokemon_ref(msg.arg(0))
+        ref = msg.ref()
         if ref is None or ref.side not in SIDES:
             return
         species = parse_details(msg.arg(1)).species

@@ -47,6 +47,9 @@ class Message:
     """Trailing `[tag] value` arguments: {'from': 'item: Leftovers', 'of': 'p2a: Foo', 'still': ''}."""
     line: str = ""
     """The original line (for error messages)."""
+    first_ref: PokemonRef | None = field(default=None, compare=False, repr=False)
+    """`parse_pokemon_ref(arg(0))`, once `ref()` has been called."""
+    first_ref_parsed: bool = field(default=False, compare=False, repr=False)
 
     # Written out (dataclass would generate the same): a generated __init__ is interpreted
     # even where this module is compiled (pokeagent/native.py), and a replay makes hundreds.
@@ -57,6 +60,16 @@ class Message:
         self.args = args
         self.tags = {} if tags is None else tags
         self.line = line
+        self.first_ref = None
+        self.first_ref_parsed = False
+
+    def ref(self) -> PokemonRef | None:
+        """The Pokémon reference in the first argument (`p1a: Nick`), parsed once per message
+        (the state and the parser both ask, in two passes)."""
+        if not self.first_ref_parsed:
+            self.first_ref = parse_pokemon_ref(self.args[0] if self.args else "")
+            self.first_ref_parsed = True
+        return self.first_ref
 
     def arg(self, index: int, default: str = "") -> str:
         return self.args[index] if index < len(self.args) else default

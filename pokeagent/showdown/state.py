@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pokeagent.showdown.protocol import (
     ROOM_LINES,
     Message,
+    PokemonRef,
     effect_kind,
     effect_name,
     parse_details,
@@ -289,12 +290,19 @@ class SideState:
     used_dynamax: bool = False
     version: int = field(default=0, compare=False, repr=False)
     """Bumped whenever `pokemon`, a Pokémon's name or `team_size` may have changed."""
+    names: dict[str, PokemonState] = field(default_factory=dict, compare=False, repr=False)
+    """name -> the first Pokémon of that name, as of `names_version` (`find` keeps it)."""
+    names_version: int = field(default=-1, compare=False, repr=False)
 
     def find(self, name: str) -> PokemonState | None:
-        for mon in self.pokemon:
-            if mon.name == name:
-                return mon
-        return None
+        """The (first) Pokémon named `name`; None when none is."""
+        if self.names_version != self.version:  # names or the list changed: index again
+            names: dict[str, PokemonState] = {}
+            for mon in self.pokemon:
+                if mon.name is not None and mon.name not in names:
+                    names[mon.name] = mon
+            self.names, self.names_version = names, self.version
+        return self.names.get(name)
 
 
 @dataclass
@@ -336,7 +344,10 @@ class BattleState:
     # ------------------------------------------------------------------ lookups
     def mon(self, ref_text: str) -> PokemonState | None:
         """The Pokémon named by `p1a: Nick`; None when unknown."""
-        ref = parse_pokemon_ref(ref_text)
+        return self.mon_ref(parse_pokemon_ref(ref_text))
+
+    def mon_ref(self, ref: PokemonRef | None) -> PokemonState | None:
+        """`mon` of a reference already parsed (`Message.ref()`)."""
         if ref is None or ref.side not in self.sides:
             return None
         side = self.sides[ref.side]
@@ -353,7 +364,7 @@ class BattleState:
         return mon
 
     def _switch_in(self, msg: Message) -> None:
-        ref = parse_pokemon_ref(msg.arg(0))
+        ref = msg.ref()
         if ref is None or ref.side not in self.sides:
             return
         side = self.sides[ref.side]
@@ -474,7 +485,7 @@ class BattleState:
         self.ended, self.winner = True, None
 
     def _move(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         move = msg.arg(1)
@@ -495,7 +506,7 @@ class BattleState:
             mon.moves.append(move)
 
     def _cant(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         reason = msg.arg(1)
@@ -514,7 +525,7 @@ class BattleState:
         self._switch_in(msg)
 
     def _detailschange(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         details = parse_details(msg.arg(1))
@@ -526,18 +537,18 @@ class BattleState:
             mon.tera_type = details.tera_type
 
     def _formechange(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is not None and msg.arg(1):
             mon.temporary_forme = msg.arg(1)
             self._reveal_from_tags(msg, mon)
 
     def _faint(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is not None:
             mon.hp, mon.fainted = 0.0, True
 
     def _hp_change(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         hp, fainted, status = parse_hp_status(msg.arg(1))
@@ -551,26 +562,26 @@ class BattleState:
         self._reveal_from_tags(msg, mon)
 
     def _status(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is not None:
             mon.status = msg.arg(1) or None
             self._reveal_from_tags(msg, mon)
 
     def _curestatus(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is not None:
             mon.status = None
             self._reveal_from_tags(msg, mon)
 
     def _cureteam(self, msg: Message) -> None:
-        ref = parse_pokemon_ref(msg.arg(0))
+        ref = msg.ref()
         if ref is not None and ref.side in self.sides:
             for mon in self.sides[ref.side].pokemon:
                 mon.status = None
                 mon.version += 1
 
     def _boost(self, msg: Message, sign: int = 1) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         stat = msg.arg(1)
@@ -585,7 +596,7 @@ class BattleState:
         self._boost(msg, -1)
 
     def _setboost(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         try:
@@ -594,7 +605,7 @@ class BattleState:
             return
 
     def _clearboost(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is not None:
             mon.boosts.clear()
 
@@ -605,27 +616,27 @@ class BattleState:
                 side.active.version += 1
 
     def _clearnegativeboost(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is not None:
             mon.boosts = {k: v for k, v in mon.boosts.items() if v > 0}
 
     def _clearpositiveboost(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is not None:
             mon.boosts = {k: v for k, v in mon.boosts.items() if v < 0}
 
     def _invertboost(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is not None:
             mon.boosts = {k: -v for k, v in mon.boosts.items()}
 
     def _copyboost(self, msg: Message) -> None:
-        target, source = self.mon(msg.args[0] if msg.args else ""), self.mon(msg.arg(1))
+        target, source = self.mon_ref(msg.ref()), self.mon(msg.arg(1))
         if target is not None and source is not None:
             target.boosts = dict(source.boosts)
 
     def _swapboost(self, msg: Message) -> None:
-        a, b = self.mon(msg.args[0] if msg.args else ""), self.mon(msg.arg(1))
+        a, b = self.mon_ref(msg.ref()), self.mon(msg.arg(1))
         if a is None or b is None:
             return
         stats = [s.strip() for s in msg.arg(2).split(",") if s.strip()] or list(BOOST_STATS)
@@ -634,7 +645,7 @@ class BattleState:
             a.boosts[stat], b.boosts[stat] = b_value, a_value
 
     def _volatile_start(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         effect = effect_name(msg.arg(1))
@@ -651,7 +662,7 @@ class BattleState:
         self._reveal_from_tags(msg, mon)
 
     def _volatile_end(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         key = normalise(effect_name(msg.arg(1)))
@@ -665,7 +676,7 @@ class BattleState:
         self._reveal_from_tags(msg, mon)
 
     def _activate(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         effect = msg.arg(1)
         if mon is None:
             return
@@ -695,7 +706,7 @@ class BattleState:
         self._reveal_from_tags(msg, mon)
 
     def _item(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         item = msg.arg(1)
@@ -729,7 +740,7 @@ class BattleState:
                 holder.ability = effect_name(source)
 
     def _enditem(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         item = msg.arg(1)
@@ -740,7 +751,7 @@ class BattleState:
         mon.item = ""
 
     def _ability(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         source = msg.tags.get("from", "")
@@ -761,19 +772,19 @@ class BattleState:
             mon.ability = ability
 
     def _transform(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is not None:
             mon.volatiles.add("transform")
 
     def _terastallize(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         mon.tera_type, mon.terastallized = msg.arg(1), True
         self.sides[mon.side].used_tera = True
 
     def _mega(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is None:
             return
         mon.mega_evolved = True
@@ -782,13 +793,13 @@ class BattleState:
         self.sides[mon.side].used_mega = True
 
     def _zpower(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is not None:
             mon.used_zmove = True
             self.sides[mon.side].used_zmove = True
 
     def _mustrecharge(self, msg: Message) -> None:
-        mon = self.mon(msg.args[0] if msg.args else "")
+        mon = self.mon_ref(msg.ref())
         if mon is not None:
             mon.volatiles.add("mustrecharge")
 
