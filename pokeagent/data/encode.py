@@ -560,6 +560,7 @@ class IncrementalEncoder:
 
     def __init__(self) -> None:
         self._sides: dict[str, _SideEncoder] = {}
+        self._pools = _Pools()
 
     def __call__(
         self, state: BattleState, side: str, hindsight: Hindsight, kind: int = A.TURN
@@ -571,41 +572,119 @@ class IncrementalEncoder:
         """Record `side`'s view now; its arrays come later from `stacked(side)`."""
         self._side(state, side, hindsight).add(kind)
 
-    def stacked(self, side: str) -> dict[str, np.ndarray] | None:
-        """The arrays of every view of `side` recorded with `add`, in order: one [T, ...] array
-        per key (None when nothing was recorded for `side`)."""
-        encoder = self._sides.get(side)
-        return encoder.stacked() if encoder is not None else None
+    def stacked(self) -> dict[str, dict[str, np.ndarray]]:
+        """side -> the arrays of every view of that side recorded with `add`, in order: one
+        [T, ...] array per key (sides with nothing recorded are left out). One set of numpy
+        operations for all sides: the arrays of each side are views into shared ones."""
+        encoders = [e for e in self._sides.values() if e.n_views]
+        if not encoders:
+            return {}
+        pools = self._pools
+        pools.arrays()
+        view_tokens: list[int] = []
+        view_features: list[int] = []
+        view_bodies: list[int] = []
+        view_kinds: list[int] = []
+        view_turns: list[float] = []
+        for encoder in encoders:
+            view_tokens.extend(encoder.view_tokens)
+            view_features.extend(encoder.view_features)
+            view_bodies.extend(encoder.view_bodies)
+            view_kinds.extend(encoder.view_kinds)
+            view_turns.extend(encoder.view_turns)
+        n = len(view_bodies)
+        shape = (n, N_ENTITIES)
+        tokens = pools.tokens[int64_array(view_tokens).reshape(shape)]
+        features = pools.features[int64_array(view_features).reshape(shape)]
+        glob = pools.bodies[int64_array(view_bodies)]
+        glob[np.arange(n), int64_array(view_kinds)] = 1.0
+        glob[:, _TURN] = float64_array(view_turns)
+        out: dict[str, dict[str, np.ndarray]] = {}
+        start = 0
+        for encoder in encoders:
+            end = start + encoder.n_views
+            out[encoder.side] = {
+                "tokens": tokens[start:end],
+                "features": features[start:end],
+                "globals": glob[start:end],
+            }
+            start = end
+        return out
 
     def _side(self, state: BattleState, side: str, hindsight: Hindsight) -> _SideEncoder:
         encoder = self._sides.get(side)
         if encoder is None or encoder.state is not state or encoder.hindsight is not hindsight:
-            encoder = self._sides[side] = _SideEncoder(state, side, hindsight)
+            encoder = self._sides[side] = _SideEncoder(state, side, hindsight, self._pools)
         return encoder
 
 
-class _SideEncoder:
-    """One side's view of one battle.
+class _Pools:
+    """The rows the sides' views are made of, each written once and never changed (row 0 of
+    each pool is padding): token rows (flat `token_values`), Pokémon feature rows and globals
+    bodies (kept as written, placed into numpy arrays only when arrays are asked for: `arrays`).
+    Shared by both sides of a battle, so that one set of numpy operations serves both."""
 
-    Pools of entity rows, each written once and never changed (row 0 of each is padding):
-    token rows (`token_values`, shared through `token_rows`, keyed by what they are made of:
-    forme, item, ability, moves, tera type change rarely), feature rows and globals bodies
-    (written as sparse cells, placed into numpy arrays only when arrays are asked for).
-    `current_tokens[r]`/`current_features[r]` are the pool rows entity row r shows now, and
-    `row_mon[r]`/`row_version[r]` the Pokémon (and version) they were made from.
+    def __init__(self) -> None:
+        self.token_values: list[int] = [PAD] * N_TOKEN_FIELDS
+        self.feature_cells = _MonRows()
+        self.feature_cells.write(0, 0, 0.0, 0.0)
+        self.n_features = 1
+        self.body_cells = _Sparse(N_GLOBAL_FEATURES)
+        self.n_bodies = 1
+        # The pools as numpy arrays, up to the rows placed so far.
+        self.tokens: np.ndarray = np.zeros((0, N_TOKEN_FIELDS), dtype=np.int32)
+        self.features: np.ndarray = np.zeros((0, N_MON_FEATURES), dtype=np.float32)
+        self.bodies: np.ndarray = np.zeros((0, N_GLOBAL_FEATURES), dtype=np.float32)
+
+    def token_row(self, values: tuple[int, ...]) -> int:
+        index = len(self.token_values) // N_TOKEN_FIELDS
+        self.token_values.extend(values)
+        return index
+
+    def feature_row(self) -> int:
+        self.n_features += 1
+        return self.n_features - 1
+
+    def body_row(self) -> int:
+        self.n_bodies += 1
+        return self.n_bodies - 1
+
+    def arrays(self) -> None:
+        """Bring the numpy pools up to every row written so far (only the new rows are made)."""
+        done = len(self.tokens)
+        if done * N_TOKEN_FIELDS < len(self.token_values):
+            values = self.token_values[done * N_TOKEN_FIELDS :]
+            new = int64_array(values).astype(np.int32).reshape(-1, N_TOKEN_FIELDS)
+            self.tokens = np.concatenate([self.tokens, new]) if done else new
+        done = len(self.features)
+        if done < self.n_features:
+            new = self.feature_cells.take(self.n_features)
+            self.features = np.concatenate([self.features, new]) if done else new
+        done = len(self.bodies)
+        if done < self.n_bodies:
+            new = np.zeros((self.n_bodies - done, N_GLOBAL_FEATURES), dtype=np.float32)
+            self.body_cells.scatter(new, done)
+            self.bodies = np.concatenate([self.bodies, new]) if done else new
+
+
+class _SideEncoder:
+    """One side's view of one battle, as rows of the shared `_Pools`.
+
+    Token rows change rarely (forme, item, ability, moves, tera type): this side's are shared
+    through `token_rows`, keyed by what they are made of. `current_tokens[r]` /
+    `current_features[r]` are the pool rows entity row r shows now, and `row_mon[r]` /
+    `row_version[r]` the Pokémon (and version) they were made from.
     """
 
-    def __init__(self, state: BattleState, side: str, hindsight: Hindsight) -> None:
+    def __init__(self, state: BattleState, side: str, hindsight: Hindsight, pools: _Pools) -> None:
+        self.pools = pools
         self.dex = _lookups()
         self.state, self.side, self.hindsight = state, side, hindsight
         other = "p2" if side == "p1" else "p1"
         self.own_side, self.opp_side = state.sides[side], state.sides[other]
         self.own_team_size = hindsight.team_size[side]
-        self.token_values: list[int] = [PAD] * N_TOKEN_FIELDS  # flat rows
         self.token_rows: dict[tuple, int] = {}
-        self.feature_cells = _MonRows()
-        self.feature_cells.write(0, 0, 0.0, 0.0)  # row 0: padding
-        self.n_features = 1
+        self.feature_cells = pools.feature_cells
         own_unknown = self._token_row(("own unknown",), _UNKNOWN_TOKENS)
         opp_unknown = self._token_row(("opp unknown",), _UNKNOWN_TOKENS)
         own_unknown_features, opp_unknown_features = self._feature_row(), self._feature_row()
@@ -639,16 +718,11 @@ class _SideEncoder:
         self.token_moves = [-1] * N_ENTITIES
         self.opp_list_version = -1
         self.opp_rows: list[tuple[int, PokemonState]] = []
-        # Globals without kind and turn, one row per state version seen.
-        self.body_cells = _Sparse(N_GLOBAL_FEATURES)
-        self.n_bodies = 0
+        # Globals without kind and turn: a body row per state version seen.
+        self.body = -1
         self.body_version = -1
-        # The pools as numpy arrays, up to the rows placed so far (`_arrays`).
-        self.tokens: np.ndarray = np.zeros((0, N_TOKEN_FIELDS), dtype=np.int32)
-        self.features: np.ndarray = np.zeros((0, N_MON_FEATURES), dtype=np.float32)
-        self.bodies: np.ndarray = np.zeros((0, N_GLOBAL_FEATURES), dtype=np.float32)
         # Per recorded view: token rows, feature rows, globals row, kind column, turn.
-        self.n_views = 0
+        self.n_views: int = 0
         self.view_tokens: list[int] = []  # flat: N_ENTITIES per view
         self.view_features: list[int] = []
         self.view_bodies: list[int] = []
@@ -656,13 +730,11 @@ class _SideEncoder:
         self.view_turns: list[float] = []
 
     def _token_row(self, key: tuple, values: tuple[int, ...]) -> int:
-        index = self.token_rows[key] = len(self.token_values) // N_TOKEN_FIELDS
-        self.token_values.extend(values)
+        index = self.token_rows[key] = self.pools.token_row(values)
         return index
 
     def _feature_row(self) -> int:
-        self.n_features += 1
-        return self.n_features - 1
+        return self.pools.feature_row()
 
     def add(self, kind: int) -> int:
         dex, token_rows = self.dex, self.token_rows
@@ -757,66 +829,32 @@ class _SideEncoder:
             row_version[row] = mon.version
 
         state = self.state
-        if state.version != self.body_version or not self.n_bodies:
+        if state.version != self.body_version or self.body < 0:
             self.body_version = state.version
+            self.body = self.pools.body_row()
             _globals_body(
-                self.body_cells, self.n_bodies, state, own_side, opp_side, self.own_team_size
+                self.pools.body_cells, self.body, state, own_side, opp_side, self.own_team_size
             )
-            self.n_bodies += 1
         self.view_tokens.extend(current_tokens)
         self.view_features.extend(current_features)
-        self.view_bodies.append(self.n_bodies - 1)
+        self.view_bodies.append(self.body)
         self.view_kinds.append(_KIND_COLUMN[kind])
         self.view_turns.append(state.turn / 100.0)
         self.n_views += 1
         return self.n_views - 1
 
-    def _arrays(self) -> None:
-        """Bring the numpy pools up to every row written so far (only the new rows are made)."""
-        done = len(self.tokens)
-        if done * N_TOKEN_FIELDS < len(self.token_values):
-            values = self.token_values[done * N_TOKEN_FIELDS :]
-            new = int64_array(values).astype(np.int32).reshape(-1, N_TOKEN_FIELDS)
-            self.tokens = np.concatenate([self.tokens, new]) if done else new
-        done = len(self.features)
-        if done < self.n_features:
-            new = self.feature_cells.take(self.n_features)
-            self.features = np.concatenate([self.features, new]) if done else new
-        done = len(self.bodies)
-        if done < self.n_bodies:
-            new = np.zeros((self.n_bodies - done, N_GLOBAL_FEATURES), dtype=np.float32)
-            self.body_cells.scatter(new, done)
-            self.bodies = np.concatenate([self.bodies, new]) if done else new
-
     def take(self, view: int) -> dict[str, np.ndarray]:
-        self._arrays()
-        glob = self.bodies[self.view_bodies[view]].copy()
+        pools = self.pools
+        pools.arrays()
+        glob = pools.bodies[self.view_bodies[view]].copy()
         glob[self.view_kinds[view]] = 1.0
         glob[_TURN] = self.view_turns[view]
         rows = slice(view * N_ENTITIES, (view + 1) * N_ENTITIES)
         return {
-            "tokens": self.tokens[self.view_tokens[rows]],
-            "features": self.features[self.view_features[rows]],
+            "tokens": pools.tokens[self.view_tokens[rows]],
+            "features": pools.features[self.view_features[rows]],
             "globals": glob,
         }
-
-    def stacked(self) -> dict[str, np.ndarray]:
-        """Every recorded view's arrays, stacked: {key: [views, ...]}."""
-        self._arrays()
-        n = self.n_views
-        if not n:
-            return {
-                "tokens": np.zeros((0, N_ENTITIES, N_TOKEN_FIELDS), dtype=np.int32),
-                "features": np.zeros((0, N_ENTITIES, N_MON_FEATURES), dtype=np.float32),
-                "globals": np.zeros((0, N_GLOBAL_FEATURES), dtype=np.float32),
-            }
-        shape = (n, N_ENTITIES)
-        tokens = self.tokens[int64_array(self.view_tokens).reshape(shape)]
-        features = self.features[int64_array(self.view_features).reshape(shape)]
-        glob = self.bodies[int64_array(self.view_bodies)]
-        glob[np.arange(n), int64_array(self.view_kinds)] = 1.0
-        glob[:, _TURN] = float64_array(self.view_turns)
-        return {"tokens": tokens, "features": features, "globals": glob}
 
 
 class ObservationView:

@@ -406,12 +406,13 @@ class _Reconstruction:
         both = _masks(
             [d.legal_bits for d in first] + [d.legal_bits for d in self.decisions[SIDES[1]]]
         )
+        all_stacked = self.incremental.stacked() if self.incremental is not None else {}
         for side in SIDES:
             decisions = self.decisions[side]
             masks = both[: len(first)] if side == SIDES[0] else both[len(first) :]
             for decision, legal in zip(decisions, masks, strict=True):
                 decision.legal = legal
-            stacked = self.incremental.stacked(side) if self.incremental is not None else None
+            stacked = all_stacked.get(side)
             if stacked is not None:
                 for index, decision in enumerate(decisions):
                     decision.obs = ObservationView(stacked, index)
