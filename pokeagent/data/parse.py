@@ -21,6 +21,7 @@ never lets any other exception out for bad input (it becomes a 'parser error: ..
 from __future__ import annotations
 
 import gc
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pokeagent.data.encode import IncrementalEncoder, ObservationView, encode, int64_array
+from pokeagent.data.encode import IncrementalEncoder, ObservationView, encode
 from pokeagent.data.hindsight import Hindsight, build_hindsight
 from pokeagent.data.replay import Replay
 from pokeagent.data.teams import with_known_teams
@@ -199,7 +200,7 @@ class _Reconstruction:
 
     def __init__(
         self,
-        msgs: list[tuple[int, Message]],
+        msgs: list[Message],
         hindsight: Hindsight,
         gen: int,
         banned_gimmicks: set[str],
@@ -383,8 +384,8 @@ class _Reconstruction:
     def run(self) -> dict[str, list[Decision]]:
         state = self.state
         handlers = _HANDLERS
-        for line_no, msg in self.msgs:
-            self.line_no = line_no
+        for msg in self.msgs:
+            self.line_no = msg.index
             kind = msg.kind
             # Frequent kinds called directly (see BattleState.apply), the rest by name.
             if kind == "move":
@@ -685,9 +686,9 @@ def _read_kind(kind: str) -> str:
     return read
 
 
-def _messages(log: str) -> list[tuple[int, Message]]:
-    """(line index, message) for the lines some pass reads."""
-    numbered = []
+def _messages(log: str) -> list[Message]:
+    """The messages of the lines some pass reads (`Message.index`: the line's index)."""
+    msgs = []
     read = _READ
     index = -1
     for line in log.splitlines():
@@ -702,22 +703,26 @@ def _messages(log: str) -> list[tuple[int, Message]]:
             continue
         fields = head[2].split("|") if len(head) > 2 else []
         if "[" in line:
-            numbered.append((index, message_from_fields(kind, fields, line)))
+            msgs.append(message_from_fields(kind, fields, line, index))
         else:  # no tags: `message_from_fields` without its checks
-            numbered.append((index, Message(kind, fields, _NO_TAGS, line)))
-    return numbered
+            msgs.append(Message(kind, fields, _NO_TAGS, line, index))
+    return msgs
 
 
 _NO_TAGS: dict[str, str] = {}
 """The tags of every message without any, shared (nothing changes a message's tags)."""
 _NO_MASK = np.zeros(0, dtype=bool)
 """A decision's `legal` until the walk ends (it builds `legal_bits`)."""
-_ACTION_BITS = np.arange(A.N_ACTIONS, dtype=np.int64)
+assert A.N_ACTIONS <= 16  # _masks packs a mask into 2 bytes
 
 
 def _masks(bits: list[int]) -> np.ndarray:
-    """bool[len(bits), N_ACTIONS] from action bit sets, in one numpy operation."""
-    return (int64_array(bits).reshape(-1, 1) >> _ACTION_BITS & 1).astype(bool)
+    """bool[len(bits), N_ACTIONS] from action bit sets (bit a = action a), in a few numpy
+    operations: 2 little-endian bytes per mask, unpacked."""
+    packed = np.frombuffer(struct.pack(f"<{len(bits)}H", *bits), dtype=np.uint8)
+    return np.unpackbits(packed.reshape(-1, 2), axis=1, count=A.N_ACTIONS, bitorder="little").view(
+        bool
+    )
 
 
 def _choice_locked(item: str | None) -> bool:
@@ -742,8 +747,7 @@ def parse_replay(replay: Replay, encoder: Encoder | None = None) -> tuple[Trajec
 
 
 def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Trajectory]:
-    numbered = _messages(replay.log)
-    msgs = [m for _, m in numbered]
+    msgs = _messages(replay.log)
     final = BattleState()
     for msg in msgs:
         if msg.kind in _NOT_HINDSIGHT and not (msg.tags and _reveals_item_or_ability(msg)):
@@ -764,7 +768,7 @@ def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Traject
             banned.add("terastallize")
         elif msg.kind == "rule" and msg.arg(0).startswith("Dynamax Clause"):
             banned.add("dynamax")
-    walk = _Reconstruction(numbered, hindsight, final.gen, banned, encoder)
+    walk = _Reconstruction(msgs, hindsight, final.gen, banned, encoder)
     decisions = walk.run()
     ratings = replay.ratings or {}
     trajectories = []

@@ -47,6 +47,8 @@ class Message:
     """Trailing `[tag] value` arguments: {'from': 'item: Leftovers', 'of': 'p2a: Foo', 'still': ''}."""
     line: str = ""
     """The original line (for error messages)."""
+    index: int = field(default=-1, compare=False)
+    """Its line's index in the log it came from (-1: not known)."""
     first_ref: PokemonRef | None = field(default=None, compare=False, repr=False)
     """`parse_pokemon_ref(arg(0))`, once `ref()` has been called."""
     first_ref_parsed: bool = field(default=False, compare=False, repr=False)
@@ -54,12 +56,18 @@ class Message:
     # Written out (dataclass would generate the same): a generated __init__ is interpreted
     # even where this module is compiled (pokeagent/native.py), and a replay makes hundreds.
     def __init__(
-        self, kind: str, args: list[str], tags: dict[str, str] | None = None, line: str = ""
+        self,
+        kind: str,
+        args: list[str],
+        tags: dict[str, str] | None = None,
+        line: str = "",
+        index: int = -1,
     ) -> None:
         self.kind = kind
         self.args = args
         self.tags = {} if tags is None else tags
         self.line = line
+        self.index = index
         self.first_ref = None
         self.first_ref_parsed = False
 
@@ -83,10 +91,11 @@ def parse_line(line: str) -> Message | None:
     return message_from_fields(parts[0], parts[1:], line)
 
 
-def message_from_fields(kind: str, fields: list[str], line: str) -> Message:
-    """The message of `line` from its kind and the fields after it (arguments and tags)."""
+def message_from_fields(kind: str, fields: list[str], line: str, index: int = -1) -> Message:
+    """The message of `line` (line `index` of its log) from its kind and the fields after it
+    (arguments and tags)."""
     if "[" not in line:
-        return Message(kind, fields, {}, line)
+        return Message(kind, fields, {}, line, index)
     args: list[str] = []
     tags: dict[str, str] = {}
     for part in fields:
@@ -95,7 +104,7 @@ def message_from_fields(kind: str, fields: list[str], line: str) -> Message:
             tags[tag[0]] = tag[1]
         else:
             args.append(part)
-    return Message(kind, args, tags, line)
+    return Message(kind, args, tags, line, index)
 
 
 _CACHE_LIMIT = 100_000
