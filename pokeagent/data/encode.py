@@ -717,7 +717,7 @@ class _SideEncoder:
         self.token_tera: list[object] = [_UNSET] * N_ENTITIES
         self.token_moves = [-1] * N_ENTITIES
         self.opp_list_version = -1
-        self.opp_rows: list[tuple[int, PokemonState]] = []
+        self.opp_mons: list[PokemonState] = []  # in rows N_TEAM, N_TEAM + 1, ...
         # Globals without kind and turn: a body row per state version seen.
         self.body = -1
         self.body_version = -1
@@ -796,9 +796,11 @@ class _SideEncoder:
                 token, index = self.opp_unknown if offset < unknown else (0, 0)
                 current_tokens[row], current_features[row] = token, index
                 row_mon[row] = _UNSET
-            self.opp_rows = [(A.N_TEAM + o, mon) for o, mon in enumerate(revealed)]
+            self.opp_mons = revealed
         token_moves = self.token_moves
-        for row, mon in self.opp_rows:
+        opp_mons = self.opp_mons
+        for offset in range(len(opp_mons)):
+            mon, row = opp_mons[offset], A.N_TEAM + offset
             if mon is row_mon[row] and mon.version == row_version[row]:
                 continue
             forme, ability, item = mon.forme, mon.ability, mon.item

@@ -173,7 +173,8 @@ Encoder = Callable[[BattleState, str, "Hindsight", int], dict]
 """(public state, deciding side, own-team hindsight, decision kind) -> arrays."""
 
 
-def _check_battle(msgs: list[Message], final: BattleState) -> None:
+def _check_battle(final: BattleState, replaced: bool) -> None:
+    """SkipBattle unless the battle can be reconstructed (`replaced`: the log has `|replace|`)."""
     if final.gametype != "singles":
         raise SkipBattle(f"{final.gametype or 'unknown'} battles are not supported")
     if not final.started:
@@ -182,9 +183,8 @@ def _check_battle(msgs: list[Message], final: BattleState) -> None:
         raise SkipBattle("unfinished")
     if not 1 <= final.gen <= 9:
         raise SkipBattle("unknown generation")
-    for msg in msgs:
-        if msg.kind == "replace":
-            raise SkipBattle("illusion")
+    if replaced:
+        raise SkipBattle("illusion")
     for side in final.sides.values():
         if len(side.pokemon) > A.N_TEAM:
             raise SkipBattle("more than 6 Pokémon on a side")
@@ -749,11 +749,18 @@ def parse_replay(replay: Replay, encoder: Encoder | None = None) -> tuple[Trajec
 def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Trajectory]:
     msgs = _messages(replay.log)
     final = BattleState()
+    replaced = False
+    rules: list[str] = []
     for msg in msgs:
-        if msg.kind in _NOT_HINDSIGHT and not (msg.tags and _reveals_item_or_ability(msg)):
+        kind = msg.kind
+        if kind in _NOT_HINDSIGHT and not (msg.tags and _reveals_item_or_ability(msg)):
             continue
+        if kind == "rule":
+            rules.append(msg.arg(0))
+        elif kind == "replace":
+            replaced = True
         final.apply(msg)
-    _check_battle(msgs, final)
+    _check_battle(final, replaced)
     hindsight = build_hindsight(final)
     hindsight = with_known_teams(hindsight, replay, final.gen)
     if any(
@@ -763,10 +770,10 @@ def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Traject
         # would be read as the disguise's.
         raise SkipBattle("illusion")
     banned = set()
-    for msg in msgs:
-        if msg.kind == "rule" and msg.arg(0).startswith("Terastal Clause"):
+    for rule in rules:
+        if rule.startswith("Terastal Clause"):
             banned.add("terastallize")
-        elif msg.kind == "rule" and msg.arg(0).startswith("Dynamax Clause"):
+        elif rule.startswith("Dynamax Clause"):
             banned.add("dynamax")
     walk = _Reconstruction(msgs, hindsight, final.gen, banned, encoder)
     decisions = walk.run()
