@@ -37,10 +37,12 @@ def test_demo_runs_every_stage(showdown_package, tmp_path):
     assert "0 wrong labels" in out.stdout
     demo = tmp_path / "demo"
     assert len((demo / "battles-heuristic" / "replays.jsonl").read_text().splitlines()) == 8
-    assert (
-        json.loads((demo / "shards" / "manifest.json").read_text())["summary"]["battles_packed"]
-        == 8
-    )
+    summary = json.loads((demo / "shards" / "manifest.json").read_text())["summary"]
+    # Random teams: about 1 battle in 40 has a Zoroark, skipped as "illusion" (by design); any
+    # other skip is a parser failure.
+    assert set(summary["skipped"]) <= {"illusion"}, summary["skipped"]
+    assert summary["battles_packed"] + summary["skipped"].get("illusion", 0) == 8
+    assert summary["battles_packed"] >= 6
     steps = [
         json.loads(line)["step"]
         for line in (demo / "train" / "metrics.jsonl").read_text().splitlines()

@@ -417,8 +417,8 @@ class _Reconstruction:
             if stacked is not None:
                 for index, decision in enumerate(decisions):
                     decision.obs = ObservationView(stacked, index)
-                stacked["legal"] = masks
-                self.stacked[side] = stacked
+                # The trajectory's arrays add the masks (a decision's obs is the encoder's alone).
+                self.stacked[side] = {**stacked, "legal": masks}
         return self.decisions
 
     def _open_turn(self) -> None:
