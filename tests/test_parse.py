@@ -202,5 +202,9 @@ def test_bench_parse_prints_both_contestants(showdown_package, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "corpus: 6 replays" in out.stdout
-    assert re.search(r"poke-env Battle tracking, 1 POV: +\d+\.\d replays/s", out.stdout)
-    assert re.search(r"ratio pokeagent / poke-env: +\d+\.\d\dx", out.stdout)
+    assert "pokeagent parser build: " in out.stdout
+    # steady and cold figures for both contestants, and both ratios
+    assert re.search(
+        r"poke-env Battle tracking, 1 POV: +\d+\.\d replays/s +\d+\.\d replays/s", out.stdout
+    )
+    assert re.search(r"ratio pokeagent / poke-env: +\d+\.\d\dx +\d+\.\d\dx", out.stdout)
