@@ -16,6 +16,7 @@ code, slower. `pokeagent bench parse` prints which one it measured.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.abc
 import importlib.machinery
@@ -25,6 +26,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 COMPILED_MODULES = (
     "pokeagent.showdown.actions",
@@ -114,6 +116,33 @@ def guard() -> None:
     _mode = f"pure ({reason})"
     if not any(isinstance(f, _SourceFirst) for f in sys.meta_path):
         sys.meta_path.insert(0, _SourceFirst())
+
+
+def reduce_fields(obj: Any, names: tuple[str, ...], n_args: int) -> tuple:
+    """`__reduce__` for a class of a compiled module, which pickle and copy cannot rebuild on
+    their own (a compiled class is only ever made through its `__init__`): the first `n_args`
+    of `names` go to `__init__`, the rest are set after it."""
+    values = [getattr(obj, name) for name in names]
+    return rebuild, (
+        type(obj),
+        tuple(values[:n_args]),
+        dict(zip(names[n_args:], values[n_args:], strict=True)),
+    )
+
+
+def reduce_dataclass(obj: Any, n_args: int = -1) -> tuple:
+    """`reduce_fields` over a dataclass's fields, in declaration order (`n_args` -1: all of
+    them go to `__init__`)."""
+    names = tuple(f.name for f in dataclasses.fields(obj))
+    return reduce_fields(obj, names, len(names) if n_args < 0 else n_args)
+
+
+def rebuild(cls: type, args: tuple, state: dict[str, Any]) -> Any:
+    """The object `reduce_fields` took apart."""
+    obj = cls(*args)
+    for name, value in state.items():
+        setattr(obj, name, value)
+    return obj
 
 
 class _SourceFirst(importlib.abc.MetaPathFinder):

@@ -85,6 +85,7 @@ def test_a_changed_source_runs_uncompiled(monkeypatch):
     mode, meta_path = native._mode, list(sys.meta_path)
     built = all(native._built(m) for m in native.COMPILED_MODULES)
     monkeypatch.setattr(native, "fingerprints", lambda: dict.fromkeys(native.COMPILED_MODULES, "x"))
+    monkeypatch.delenv(native.PURE_ENV, raising=False)
     try:
         if built:
             with pytest.warns(UserWarning, match="sources changed since the build"):
@@ -134,3 +135,84 @@ def test_written_out_inits_match_the_dataclass_fields():
     mon = PokemonState(side="p2", species="Mew", start_species="Mew", name="M")
     assert (mon.side, mon.name, mon.moves, mon.version) == ("p2", "M", [], 0)
     assert Message("turn", ["1"], line="|turn|1").tags == {}
+
+
+def test_parser_objects_pickle_and_copy(shared_replays):
+    """Compiled classes cannot be pickled or copied unless they say how (`__reduce__`): a
+    trajectory must survive a multiprocessing pool, a state `copy.deepcopy` (search, rollouts)."""
+    import ast
+    import copy
+    import pickle
+
+    import numpy as np
+
+    from pokeagent.data.encode import encode
+    from pokeagent.data.parse import build_hindsight, parse_replay
+    from pokeagent.data.sources import iter_replays
+    from pokeagent.showdown import state as state_module
+    from pokeagent.showdown.protocol import parse_details, parse_line, parse_pokemon_ref
+
+    replay = next(iter(iter_replays(shared_replays / "human" / "smogtours-gen9ou-733546.json")))
+    trajectory = parse_replay(replay, encoder=encode)[0]
+    for clone in (pickle.loads(pickle.dumps(trajectory)), copy.deepcopy(trajectory)):
+        assert (clone.battle_id, clone.side, clone.team) == (
+            trajectory.battle_id,
+            trajectory.side,
+            trajectory.team,
+        )
+        assert len(clone.decisions) == len(trajectory.decisions) > 10
+        for a, b in zip(clone.decisions, trajectory.decisions, strict=True):
+            assert (a.turn, a.kind, a.action, a.action_info, a.line) == (
+                b.turn,
+                b.kind,
+                b.action,
+                b.action_info,
+                b.line,
+            )
+            assert (a.legal == b.legal).all()
+            for key in ("tokens", "features", "globals"):
+                np.testing.assert_array_equal(a.obs[key], b.obs[key])
+        for key, array in trajectory.arrays.items():
+            np.testing.assert_array_equal(clone.arrays[key], array)
+
+    state = state_module.BattleState()
+    for line in replay.log.splitlines():
+        message = parse_line(line)
+        if message is not None:
+            state.apply(message)
+            clone = pickle.loads(pickle.dumps(message))
+            assert (clone.kind, clone.args, clone.tags, clone.ref()) == (
+                message.kind,
+                message.args,
+                message.tags,
+                message.ref(),
+            )
+    hindsight = build_hindsight(state)
+    for clone in (pickle.loads(pickle.dumps(state)), copy.deepcopy(state)):
+        assert (clone.turn, clone.winner, clone.version) == (
+            state.turn,
+            state.winner,
+            state.version,
+        )
+        assert clone.sides == state.sides and clone.field == state.field
+        for side in ("p1", "p2"):
+            ours, theirs = encode(clone, side, hindsight), encode(state, side, hindsight)
+            for key in ours:
+                np.testing.assert_array_equal(ours[key], theirs[key])
+    assert pickle.loads(pickle.dumps(hindsight)) == hindsight
+    for value in (parse_pokemon_ref("p1a: Great Tusk"), parse_details("Iron Moth, L84, tera:Fire")):
+        assert pickle.loads(pickle.dumps(value)) == value
+
+    # BattleState.__reduce__ carries exactly what its __init__ sets
+    tree = ast.parse(native.source_path("pokeagent.showdown.state").read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "BattleState"]
+    (init,) = [n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"]
+    assigned = {
+        node.attr
+        for node in ast.walk(init)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Store)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    }
+    assert assigned == set(state_module._STATE_ATTRIBUTES)

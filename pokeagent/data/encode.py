@@ -872,6 +872,9 @@ class ObservationView:
     def __getitem__(self, key: str) -> np.ndarray:
         return self.stacked[key][self.index]
 
+    def __reduce__(self) -> tuple:  # pickle and copy (a compiled class needs it)
+        return ObservationView, (self.stacked, self.index)
+
     def __iter__(self):
         return iter(self.stacked)
 

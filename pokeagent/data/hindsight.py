@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pokeagent import native
 from pokeagent.showdown import actions as A
 from pokeagent.showdown.state import BattleState, normalise
 
@@ -50,6 +51,9 @@ class TeamMember:
         self.mega = mega
         self.zmove = zmove
 
+    def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
+        return native.reduce_dataclass(self)
+
 
 @dataclass
 class Hindsight:
@@ -58,6 +62,9 @@ class Hindsight:
     team: dict[str, list[TeamMember]]
     """side -> members in canonical order; unknown (never shown) members are not listed."""
     team_size: dict[str, int]
+
+    def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
+        return native.reduce_dataclass(self)
 
     def slot_of(self, side: str, name: str | None, species: str | None = None) -> int | None:
         for index, member in enumerate(self.team[side]):

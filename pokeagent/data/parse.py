@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from pokeagent import native
 from pokeagent.data.encode import IncrementalEncoder, ObservationView, encode
 from pokeagent.data.hindsight import Hindsight, build_hindsight
 from pokeagent.data.replay import Replay
@@ -110,6 +111,9 @@ class Decision:
         self.line = line
         self.legal_bits = legal_bits
 
+    def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
+        return native.reduce_dataclass(self)
+
 
 @dataclass
 class Trajectory:
@@ -163,6 +167,9 @@ class Trajectory:
         self.team = [] if team is None else team
         self.parser_version = parser_version
         self.arrays = arrays
+
+    def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
+        return native.reduce_dataclass(self)
 
     @property
     def labelled(self) -> int:

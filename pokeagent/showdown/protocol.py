@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from pokeagent import native
+
 _TAG = re.compile(r"^\[(\w+)\]\s*(.*)$")
 
 ROOM_LINES = frozenset(
@@ -70,6 +72,9 @@ class Message:
         self.index = index
         self.first_ref = None
         self.first_ref_parsed = False
+
+    def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
+        return native.reduce_fields(self, ("kind", "args", "tags", "line", "index"), 5)
 
     def ref(self) -> PokemonRef | None:
         """The Pokémon reference in the first argument (`p1a: Nick`), parsed once per message
@@ -135,6 +140,9 @@ class PokemonRef:
     position: str | None
     name: str
 
+    def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
+        return native.reduce_dataclass(self)
+
 
 def parse_pokemon_ref(text: str) -> PokemonRef | None:
     """Parse `p1a: Nickname` / `p1: Nickname`; None when it is not a Pokémon reference."""
@@ -171,6 +179,9 @@ class Details:
     gender: str = ""
     shiny: bool = False
     tera_type: str | None = None
+
+    def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
+        return native.reduce_dataclass(self)
 
 
 def parse_details(text: str) -> Details:

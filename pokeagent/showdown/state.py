@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pokeagent import native
 from pokeagent.showdown.protocol import (
     ROOM_LINES,
     Message,
@@ -256,6 +257,9 @@ class PokemonState:
         self.temporary_forme = None
         self.version = 0
 
+    def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
+        return native.reduce_dataclass(self, 4)
+
     @property
     def forme(self) -> str:
         """What it looks like right now."""
@@ -294,6 +298,9 @@ class SideState:
     """name -> the first Pokémon of that name, as of `names_version` (`find` keeps it)."""
     names_version: int = field(default=-1, compare=False, repr=False)
 
+    def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
+        return native.reduce_dataclass(self)
+
     def find(self, name: str) -> PokemonState | None:
         """The (first) Pokémon named `name`; None when none is."""
         if self.names_version != self.version:  # names or the list changed: index again
@@ -311,6 +318,9 @@ class FieldState:
     terrain: str | None = None
     pseudo_weather: set[str] = field(default_factory=set)
     """trickroom, gravity, magicroom, wonderroom, ..."""
+
+    def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
+        return native.reduce_dataclass(self)
 
 
 def _species_matches(preview_species: str, species: str) -> bool:
@@ -340,6 +350,9 @@ class BattleState:
         self.version = 0
         """Bumped whenever the generation, the field, a side's conditions, gimmicks used, team
         size or number of fainted Pokémon may have changed (what the encoder's globals read)."""
+
+    def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
+        return native.reduce_fields(self, _STATE_ATTRIBUTES, 0)
 
     # ------------------------------------------------------------------ lookups
     def mon(self, ref_text: str) -> PokemonState | None:
@@ -870,6 +883,22 @@ def _is_max_or_z(move: str, msg: Message) -> bool:
     """Max Moves and Z-Moves are not moveset moves (the log names them, not the base move)."""
     return move.startswith(("Max ", "G-Max ")) or "zeffect" in msg.tags
 
+
+_STATE_ATTRIBUTES = (
+    "sides",
+    "field",
+    "gen",
+    "gametype",
+    "tier",
+    "turn",
+    "started",
+    "team_preview",
+    "ended",
+    "winner",
+    "unknown_kinds",
+    "version",
+)
+"""What `BattleState.__init__` sets (tests/test_native.py checks), carried by pickle and copy."""
 
 _HANDLERS: dict[str, Callable[[BattleState, Message], None]] = {
     "player": BattleState._player,
