@@ -47,7 +47,7 @@ def _native_extensions() -> list:
         extensions = mypycify(
             ["--ignore-missing-imports", *sources],
             opt_level="3",
-            separate=[(sources, "pokeagent_native")],
+            separate=[(sources, native.GROUP)],
         )
     except (Exception, SystemExit) as error:  # mypyc prints the type errors, then exits
         if os.environ.get(native.REQUIRE_ENV, "") not in ("", "0"):

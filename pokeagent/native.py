@@ -39,6 +39,11 @@ COMPILED_MODULES = (
 """The hot path of `parse_replay` and the live agent's encoder (they import only each other,
 the dex and numpy at run time)."""
 
+GROUP = "pokeagent_native"
+"""mypyc compiles the modules as one group: their code is in one shared library, a top-level
+module named `SHARED_LIBRARY`, beside which each module is a small extension module."""
+SHARED_LIBRARY = GROUP + "__mypyc"
+
 PURE_ENV = "POKEAGENT_PURE_PYTHON"
 """Set to 1 to run the pure-Python sources even where a compiled build exists (at install time:
 build none)."""
@@ -93,6 +98,8 @@ def guard() -> None:
         reason = f"{PURE_ENV} is set"
     elif len(built) < len(COMPILED_MODULES):
         reason = "incomplete build: " + ", ".join(sorted(set(COMPILED_MODULES) - set(built)))
+    elif importlib.util.find_spec(SHARED_LIBRARY) is None:
+        reason = f"incomplete build: {SHARED_LIBRARY}"
     else:
         try:
             recorded = json.loads((Path(__file__).parent / FINGERPRINT_FILE).read_text())

@@ -96,6 +96,12 @@ def test_a_changed_source_runs_uncompiled(monkeypatch):
             spec = finder.find_spec("pokeagent.data.parse")
             assert spec is not None and spec.origin.endswith("parse.py")
             assert finder.find_spec("pokeagent.data.shards") is None
+            sys.meta_path[:] = meta_path
+            monkeypatch.undo()
+            monkeypatch.delenv(native.PURE_ENV, raising=False)
+            monkeypatch.setattr(native, "SHARED_LIBRARY", "no_such_library__mypyc")
+            native.guard()  # a module's build without the group's library must not run
+            assert native.mode() == "pure (incomplete build: no_such_library__mypyc)"
         else:
             native.guard()
             assert native.mode() == "pure (no compiled build)" and not native.needs_rebuild()
