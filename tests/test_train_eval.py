@@ -54,6 +54,17 @@ def _train(shards, run_dir, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+def _status(run_dir) -> subprocess.CompletedProcess:
+    """`pokeagent status RUN_DIR`, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "pokeagent", "status", str(run_dir)],
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def _records(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -103,13 +114,7 @@ def test_eval_every_validates_keeps_best_and_leaves_training_unchanged(shards, t
     assert offline["overall"]["loss"] == pytest.approx(best_record["loss"], rel=1e-5)
     assert offline["overall"]["top1"] == best_record["top1"]
 
-    status = subprocess.run(
-        [sys.executable, "-m", "pokeagent", "status", str(run_dir)],
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    status = _status(run_dir)
     assert status.returncode == 0, status.stderr
     assert "step 6/6, 48 samples" in status.stdout
     assert f"validation at step 6: loss {vals[-1]['loss']:.4f}" in status.stdout
@@ -215,13 +220,7 @@ def test_eval_battles_run_beside_training_and_reach_tensorboard(shards, tmp_path
         assert {e.step: e.value for e in scalars} == pytest.approx(
             {step: rates[step][opponent] for step in (3, 6)}
         )
-    status = subprocess.run(
-        [sys.executable, "-m", "pokeagent", "status", str(run_dir)],
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    status = _status(run_dir)
     assert f"battles at step 6: vs random {rates[6]['random']:.2f}" in status.stdout
 
 

@@ -473,16 +473,12 @@ def _globals_body(
         index.append(base + column)
         value.append(1.0)
     field = state.field
-    if field.weather:
-        column = _WEATHER_COLUMN.get(_normalised(field.weather))
-        if column is not None:
-            index.append(base + column)
-            value.append(1.0)
-    if field.terrain:
-        column = _TERRAIN_COLUMN.get(_normalised(field.terrain))
-        if column is not None:
-            index.append(base + column)
-            value.append(1.0)
+    for name, columns in ((field.weather, _WEATHER_COLUMN), (field.terrain, _TERRAIN_COLUMN)):
+        if name:
+            column = columns.get(_normalised(name))
+            if column is not None:
+                index.append(base + column)
+                value.append(1.0)
     for pseudo in field.pseudo_weather:
         column = _FIELD_COLUMN.get(pseudo)
         if column is not None:
@@ -519,7 +515,7 @@ def encode(
             _unknown_features(cells, row, own=True)
             continue
         member = members[row]
-        live = own_side.find(member.name) if member.name else None
+        live = member.live(own_side)
         tokens[row] = _own_tokens(dex, member, _own_moves(dex, member), live)
         _own_features(cells, row, member, live)
 
@@ -744,9 +740,7 @@ class _SideEncoder:
         cells = self.feature_cells
         if own_side.version != self.own_list_version:
             self.own_list_version = own_side.version
-            self.lives = [
-                own_side.find(member.name) if member.name else None for member in self.members
-            ]
+            self.lives = [member.live(own_side) for member in self.members]
         members, member_moves, lives = self.members, self.member_moves, self.lives
         token_forme, token_ability = self.token_forme, self.token_ability
         token_item, token_tera = self.token_item, self.token_tera

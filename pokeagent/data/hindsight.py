@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pokeagent import native
 from pokeagent.showdown import actions as A
-from pokeagent.showdown.state import BattleState, normalise
+from pokeagent.showdown.state import BattleState, PokemonState, SideState, normalise
 
 
 @dataclass
@@ -50,6 +50,10 @@ class TeamMember:
         self.tera_type = tera_type
         self.mega = mega
         self.zmove = zmove
+
+    def live(self, side: SideState) -> PokemonState | None:
+        """Its Pokémon in `side` (the state's), None where the log has not shown it yet."""
+        return side.find(self.name) if self.name else None
 
     def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
         return native.reduce_dataclass(self)

@@ -38,12 +38,16 @@ from pokeagent.showdown import actions as A
 from pokeagent.showdown.dex import Dex
 from pokeagent.showdown.protocol import (
     Message,
-    effect_kind,
     effect_name,
     message_from_fields,
     parse_details,
 )
-from pokeagent.showdown.state import BATTLE_STATE_KINDS, BattleState, PokemonState
+from pokeagent.showdown.state import (
+    BATTLE_STATE_KINDS,
+    BattleState,
+    PokemonState,
+    reveals_item_or_ability,
+)
 
 PARSER_VERSION = 1
 """Bumped whenever labels, masks or decision points change meaning."""
@@ -252,7 +256,7 @@ class _Reconstruction:
         cached = self.lives.get(side)
         if cached is not None and cached[0] == live.version:
             return cached[1]
-        lives = [live.find(m.name) if m.name else None for m in self.hind.team[side]]
+        lives = [member.live(live) for member in self.hind.team[side]]
         self.lives[side] = (live.version, lives)
         return lives
 
@@ -551,7 +555,7 @@ class _Reconstruction:
         mask = 0
         live = self.state.sides[ref.side]
         for index, member in enumerate(self.hind.team[ref.side]):
-            mon = live.find(member.name) if member.name else None
+            mon = member.live(live)
             if mon is not None and mon.fainted:
                 mask |= 1 << A.switch_action(index)
         decision = self._open(ref.side, A.FORCED_SWITCH, mask)
@@ -659,13 +663,7 @@ _NOT_HINDSIGHT = frozenset(
 """Kinds whose BattleState handlers change nothing the hindsight or `_check_battle` reads (HP,
 status, boosts, field, side conditions, forme of the moment), except through a `[from]` tag
 that reveals an item or ability: the hindsight pass skips them when they have none
-(`_reveals_item_or_ability`)."""
-
-
-def _reveals_item_or_ability(msg: Message) -> bool:
-    """`[from] item: Leftovers` / `[from] ability: Rough Skin` (what BattleState reveals)."""
-    source = msg.tags.get("from")
-    return source is not None and effect_kind(source) in ("item", "ability")
+(`state.reveals_item_or_ability`)."""
 
 
 def _handler_name(kind: str) -> str:
@@ -760,7 +758,7 @@ def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Traject
     rules: list[str] = []
     for msg in msgs:
         kind = msg.kind
-        if kind in _NOT_HINDSIGHT and not (msg.tags and _reveals_item_or_ability(msg)):
+        if kind in _NOT_HINDSIGHT and not (msg.tags and reveals_item_or_ability(msg)):
             continue
         if kind == "rule":
             rules.append(msg.arg(0))

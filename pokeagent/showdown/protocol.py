@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pokeagent import native
 
@@ -117,6 +118,16 @@ _CACHE_LIMIT = 100_000
 names); the caches are cleared when full, so a million-replay job stays small."""
 _TAGS: dict[str, tuple[str, str] | None] = {}
 
+T = TypeVar("T")
+
+
+def _remember(cache: dict[str, T], text: str, value: T) -> T:
+    """Store `value` as what `text` parses to in one of the parse caches (cleared when full)."""
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[text] = value
+    return value
+
 
 def _tag(part: str) -> tuple[str, str] | None:
     """`[from] item: Leftovers` -> ('from', 'item: Leftovers'); None when not a tag."""
@@ -125,11 +136,7 @@ def _tag(part: str) -> tuple[str, str] | None:
     except KeyError:
         pass
     match = _TAG.match(part)
-    tag = (match.group(1), match.group(2)) if match else None
-    if len(_TAGS) >= _CACHE_LIMIT:
-        _TAGS.clear()
-    _TAGS[part] = tag
-    return tag
+    return _remember(_TAGS, part, (match.group(1), match.group(2)) if match else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +156,7 @@ def parse_pokemon_ref(text: str) -> PokemonRef | None:
     try:
         return _REFS[text]
     except KeyError:
-        pass
-    ref = _parse_pokemon_ref(text)
-    if len(_REFS) >= _CACHE_LIMIT:
-        _REFS.clear()
-    _REFS[text] = ref
-    return ref
+        return _remember(_REFS, text, _parse_pokemon_ref(text))
 
 
 _REFS: dict[str, PokemonRef | None] = {}
@@ -189,12 +191,7 @@ def parse_details(text: str) -> Details:
     try:
         return _DETAILS[text]
     except KeyError:
-        pass
-    details = _parse_details(text)
-    if len(_DETAILS) >= _CACHE_LIMIT:
-        _DETAILS.clear()
-    _DETAILS[text] = details
-    return details
+        return _remember(_DETAILS, text, _parse_details(text))
 
 
 _DETAILS: dict[str, Details] = {}
@@ -224,12 +221,7 @@ def parse_hp_status(text: str) -> tuple[float | None, bool, str | None]:
     try:
         return _HP_STATUS[text]
     except KeyError:
-        pass
-    value = _parse_hp_status(text)
-    if len(_HP_STATUS) >= _CACHE_LIMIT:
-        _HP_STATUS.clear()
-    _HP_STATUS[text] = value
-    return value
+        return _remember(_HP_STATUS, text, _parse_hp_status(text))
 
 
 _HP_STATUS: dict[str, tuple[float | None, bool, str | None]] = {}
@@ -271,15 +263,14 @@ _EFFECTS: dict[str, tuple[str, str]] = {}
 
 def _effect(text: str) -> tuple[str, str]:
     """(effect_kind, effect_name) of `text`, memoised."""
-    effect = _EFFECTS.get(text)
-    if effect is None:
-        head, sep, rest = text.partition(": ")
-        kinds = ("item", "ability", "move", "pokemon")
-        effect = (
-            head if sep and head in kinds else "",
-            rest if sep and text.split(":")[0] in kinds else text,
-        )
-        if len(_EFFECTS) >= _CACHE_LIMIT:
-            _EFFECTS.clear()
-        _EFFECTS[text] = effect
-    return effect
+    try:
+        return _EFFECTS[text]
+    except KeyError:
+        pass
+    head, sep, rest = text.partition(": ")
+    kinds = ("item", "ability", "move", "pokemon")
+    effect = (
+        head if sep and head in kinds else "",
+        rest if sep and text.split(":")[0] in kinds else text,
+    )
+    return _remember(_EFFECTS, text, effect)

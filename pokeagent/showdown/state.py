@@ -861,12 +861,10 @@ class BattleState:
 
     def _reveal_from_tags(self, msg: Message, mon: PokemonState | None) -> None:
         """`[from] item: Leftovers` / `[from] ability: Rough Skin|[of] p2a: X` reveal an item or ability."""
-        source = msg.tags.get("from")
-        if not source:
+        if not reveals_item_or_ability(msg):
             return
+        source = msg.tags["from"]
         kind = effect_kind(source)
-        if kind not in ("item", "ability"):
-            return
         holder = self.mon(msg.tags["of"]) if "of" in msg.tags else mon
         if holder is None:
             return
@@ -877,6 +875,13 @@ class BattleState:
                 holder.first_item = name
         elif holder.ability is None:
             holder.ability = name
+
+
+def reveals_item_or_ability(msg: Message) -> bool:
+    """The message has a `[from] item: Leftovers` / `[from] ability: Rough Skin` tag, which
+    reveals an item or ability (`BattleState._reveal_from_tags`)."""
+    source = msg.tags.get("from")
+    return source is not None and effect_kind(source) in ("item", "ability")
 
 
 def _is_max_or_z(move: str, msg: Message) -> bool:
