@@ -27,6 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from functools import cache
+from typing import Final
 
 import numpy as np
 
@@ -35,16 +36,26 @@ from pokeagent.showdown import actions as A
 from pokeagent.showdown.dex import Dex
 from pokeagent.showdown.state import BattleState, PokemonState, SideState, normalise
 
-ENCODER_VERSION = 1
+ENCODER_VERSION: Final = 1
 
-N_ENTITIES = 2 * A.N_TEAM
-TOKEN_FIELDS = ("species", "ability", "item", "move1", "move2", "move3", "move4", "tera_type")
-N_TOKEN_FIELDS = len(TOKEN_FIELDS)
-PAD, UNKNOWN = 0, 1
+N_ENTITIES: Final = 2 * A.N_TEAM
+TOKEN_FIELDS: Final = (
+    "species",
+    "ability",
+    "item",
+    "move1",
+    "move2",
+    "move3",
+    "move4",
+    "tera_type",
+)
+N_TOKEN_FIELDS: Final = len(TOKEN_FIELDS)
+PAD: Final = 0
+UNKNOWN: Final = 1
 
-STATUSES = ("brn", "par", "slp", "frz", "psn", "tox")
-BOOSTS = ("atk", "def", "spa", "spd", "spe", "accuracy", "evasion")
-VOLATILE_FLAGS = (
+STATUSES: Final = ("brn", "par", "slp", "frz", "psn", "tox")
+BOOSTS: Final = ("atk", "def", "spa", "spd", "spe", "accuracy", "evasion")
+VOLATILE_FLAGS: Final = (
     "substitute",
     "confusion",
     "leechseed",
@@ -66,7 +77,7 @@ VOLATILE_FLAGS = (
     "typechange",
     "attract",
 )
-MON_FEATURES = (
+MON_FEATURES: Final = (
     "present",
     "revealed",
     "own",
@@ -80,9 +91,9 @@ MON_FEATURES = (
     *(f"volatile_{v}" for v in VOLATILE_FLAGS),
     "choice_locked",
 )
-N_MON_FEATURES = len(MON_FEATURES)
+N_MON_FEATURES: Final = len(MON_FEATURES)
 
-WEATHERS = (
+WEATHERS: Final = (
     "sunnyday",
     "raindance",
     "sandstorm",
@@ -92,9 +103,9 @@ WEATHERS = (
     "primordialsea",
     "deltastream",
 )
-TERRAINS = ("electricterrain", "grassyterrain", "mistyterrain", "psychicterrain")
-PSEUDO_WEATHERS = ("trickroom", "gravity", "magicroom", "wonderroom")
-SIDE_CONDITIONS = (
+TERRAINS: Final = ("electricterrain", "grassyterrain", "mistyterrain", "psychicterrain")
+PSEUDO_WEATHERS: Final = ("trickroom", "gravity", "magicroom", "wonderroom")
+SIDE_CONDITIONS: Final = (
     ("stealthrock", 1),
     ("spikes", 3),
     ("toxicspikes", 2),
@@ -106,8 +117,8 @@ SIDE_CONDITIONS = (
     ("safeguard", 1),
     ("mist", 1),
 )
-GIMMICK_FLAGS = ("used_tera", "used_mega", "used_zmove", "used_dynamax")
-GLOBAL_FEATURES = (
+GIMMICK_FLAGS: Final = ("used_tera", "used_mega", "used_zmove", "used_dynamax")
+GLOBAL_FEATURES: Final = (
     *(f"kind_{k}" for k in A.KIND_NAMES),
     *(f"gen{g}" for g in range(1, 10)),
     "turn",
@@ -121,10 +132,10 @@ GLOBAL_FEATURES = (
     "own_left",
     "opp_left",
 )
-N_GLOBAL_FEATURES = len(GLOBAL_FEATURES)
+N_GLOBAL_FEATURES: Final = len(GLOBAL_FEATURES)
 
-_F = {name: i for i, name in enumerate(MON_FEATURES)}
-_G = {name: i for i, name in enumerate(GLOBAL_FEATURES)}
+_F: Final = {name: i for i, name in enumerate(MON_FEATURES)}
+_G: Final = {name: i for i, name in enumerate(GLOBAL_FEATURES)}
 
 
 def schema() -> dict:
@@ -191,51 +202,53 @@ def _index(lookup: _Memo, name: str | None) -> int:
 
 
 # Column indices, resolved once (the hot loops index arrays with plain ints).
-_PRESENT, _REVEALED, _OWN, _ACTIVE, _FAINTED, _HP, _LEVEL, _TERA, _LOCKED = (
-    _F[name]
-    for name in (
-        "present",
-        "revealed",
-        "own",
-        "active",
-        "fainted",
-        "hp",
-        "level",
-        "terastallized",
-        "choice_locked",
-    )
-)
-_BIT_PRESENT, _BIT_REVEALED, _BIT_OWN, _BIT_ACTIVE, _BIT_FAINTED, _BIT_TERA, _BIT_LOCKED = (
-    1 << column for column in (_PRESENT, _REVEALED, _OWN, _ACTIVE, _FAINTED, _TERA, _LOCKED)
-)
-_FEATURE_BITS = np.arange(N_MON_FEATURES, dtype=np.int64)
-_STATUS_COLUMN = {s: _F["status_" + s] for s in STATUSES}
-_BOOST_COLUMN = {b: _F["boost_" + b] for b in BOOSTS}
-_VOLATILE_COLUMN = {v: _F["volatile_" + v] for v in VOLATILE_FLAGS}
-_KIND_COLUMN = tuple(_G["kind_" + name] for name in A.KIND_NAMES)
-_GEN_COLUMN = {g: _G[f"gen{g}"] for g in range(1, 10)}
-_TURN, _OWN_LEFT, _OPP_LEFT = _G["turn"], _G["own_left"], _G["opp_left"]
-_WEATHER_COLUMN = {w: _G["weather_" + w] for w in WEATHERS}
-_TERRAIN_COLUMN = {t: _G["terrain_" + t] for t in TERRAINS}
-_FIELD_COLUMN = {p: _G["field_" + p] for p in PSEUDO_WEATHERS}
-_CONDITION_COLUMN = {
+_PRESENT: Final = _F["present"]
+_REVEALED: Final = _F["revealed"]
+_OWN: Final = _F["own"]
+_ACTIVE: Final = _F["active"]
+_FAINTED: Final = _F["fainted"]
+_HP: Final = _F["hp"]
+_LEVEL: Final = _F["level"]
+_TERA: Final = _F["terastallized"]
+_LOCKED: Final = _F["choice_locked"]
+_BIT_PRESENT: Final = 1 << _PRESENT
+_BIT_REVEALED: Final = 1 << _REVEALED
+_BIT_OWN: Final = 1 << _OWN
+_BIT_ACTIVE: Final = 1 << _ACTIVE
+_BIT_FAINTED: Final = 1 << _FAINTED
+_BIT_TERA: Final = 1 << _TERA
+_BIT_LOCKED: Final = 1 << _LOCKED
+_FEATURE_BITS: Final = np.arange(N_MON_FEATURES, dtype=np.int64)
+_STATUS_COLUMN: Final = {s: _F["status_" + s] for s in STATUSES}
+_BOOST_COLUMN: Final = {b: _F["boost_" + b] for b in BOOSTS}
+_VOLATILE_COLUMN: Final = {v: _F["volatile_" + v] for v in VOLATILE_FLAGS}
+_KIND_COLUMN: Final = tuple(_G["kind_" + name] for name in A.KIND_NAMES)
+_GEN_COLUMN: Final = {g: _G[f"gen{g}"] for g in range(1, 10)}
+_TURN: Final = _G["turn"]
+_OWN_LEFT: Final = _G["own_left"]
+_OPP_LEFT: Final = _G["opp_left"]
+_WEATHER_COLUMN: Final = {w: _G["weather_" + w] for w in WEATHERS}
+_TERRAIN_COLUMN: Final = {t: _G["terrain_" + t] for t in TERRAINS}
+_FIELD_COLUMN: Final = {p: _G["field_" + p] for p in PSEUDO_WEATHERS}
+_CONDITION_COLUMN: Final = {
     prefix: {c: (_G[prefix + c], cap) for c, cap in SIDE_CONDITIONS} for prefix in ("own_", "opp_")
 }
-_OWN_CONDITIONS, _OPP_CONDITIONS = _CONDITION_COLUMN["own_"], _CONDITION_COLUMN["opp_"]
+_OWN_CONDITIONS: Final = _CONDITION_COLUMN["own_"]
+_OPP_CONDITIONS: Final = _CONDITION_COLUMN["opp_"]
 assert GIMMICK_FLAGS == ("used_tera", "used_mega", "used_zmove", "used_dynamax")  # _side_globals
-_OWN_GIMMICKS: tuple[int, int, int, int] = (
+_OWN_GIMMICKS: Final[tuple[int, int, int, int]] = (
     _G["own_used_tera"],
     _G["own_used_mega"],
     _G["own_used_zmove"],
     _G["own_used_dynamax"],
 )
-_OPP_GIMMICKS: tuple[int, int, int, int] = (
+_OPP_GIMMICKS: Final[tuple[int, int, int, int]] = (
     _G["opp_used_tera"],
     _G["opp_used_mega"],
     _G["opp_used_zmove"],
     _G["opp_used_dynamax"],
 )
-_UNKNOWN_TOKENS = (UNKNOWN,) * N_TOKEN_FIELDS
+_UNKNOWN_TOKENS: Final = (UNKNOWN,) * N_TOKEN_FIELDS
 
 
 def int64_array(values: list[int]) -> np.ndarray:
@@ -424,7 +437,7 @@ def _normalised(name: str) -> str:
     return value
 
 
-_NORMALISED: dict[str, str] = {}
+_NORMALISED: Final[dict[str, str]] = {}
 
 
 def _side_globals(
@@ -886,4 +899,4 @@ class ObservationView:
 
 
 # Row marker: nothing written yet, or a row that shows no Pokémon object.
-_UNSET = object()
+_UNSET: Final = object()

@@ -25,7 +25,7 @@ import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -49,14 +49,14 @@ from pokeagent.showdown.state import (
     reveals_item_or_ability,
 )
 
-PARSER_VERSION = 1
+PARSER_VERSION: Final = 1
 """Bumped whenever labels, masks or decision points change meaning."""
 
-SIDES = ("p1", "p2")
-_MOVE_SLOTS = tuple(range(A.N_MOVES))
-EJECTING_ITEMS = frozenset({"Eject Button", "Eject Pack"})
-EJECTING_ABILITIES = frozenset({"Emergency Exit", "Wimp Out"})
-ILLUSION_SPECIES = ("Zoroark", "Zorua")
+SIDES: Final = ("p1", "p2")
+_MOVE_SLOTS: Final = tuple(range(A.N_MOVES))
+EJECTING_ITEMS: Final = frozenset({"Eject Button", "Eject Pack"})
+EJECTING_ABILITIES: Final = frozenset({"Emergency Exit", "Wimp Out"})
+ILLUSION_SPECIES: Final = ("Zoroark", "Zorua")
 
 
 class SkipBattle(Exception):
@@ -632,7 +632,7 @@ class _Reconstruction:
         self.pending_forced.clear()
 
 
-_NOT_HINDSIGHT = frozenset(
+_NOT_HINDSIGHT: Final = frozenset(
     {
         "-damage",
         "-heal",
@@ -670,12 +670,12 @@ def _handler_name(kind: str) -> str:
     return "_on_" + kind.replace("-", "_")
 
 
-_HANDLERS: dict[str, Callable | None] = {}
+_HANDLERS: Final[dict[str, Callable | None]] = {}
 """Message kind -> `_Reconstruction` handler (None: no handler), filled as kinds show up."""
-_READ: dict[str, str] = {}
+_READ: Final[dict[str, str]] = {}
 """Message kind -> the kind as an interned string when anything in this module or in
 BattleState reads such messages, else `_UNREAD`."""
-_UNREAD = "\x00unread"
+_UNREAD: Final = "\x00unread"
 
 
 def _read_kind(kind: str) -> str:
@@ -714,9 +714,9 @@ def _messages(log: str) -> list[Message]:
     return msgs
 
 
-_NO_TAGS: dict[str, str] = {}
+_NO_TAGS: Final[dict[str, str]] = {}
 """The tags of every message without any, shared (nothing changes a message's tags)."""
-_NO_MASK = np.zeros(0, dtype=bool)
+_NO_MASK: Final = np.zeros(0, dtype=bool)
 """A decision's `legal` until the walk ends (it builds `legal_bits`)."""
 assert A.N_ACTIONS <= 16  # _masks packs a mask into 2 bytes
 

@@ -13,21 +13,25 @@ battle as (members the log never reveals come last). Replays and live play sort 
 
 from __future__ import annotations
 
-N_MOVES = 4
-N_TEAM = 6
-MOVE_BASE = 0
-GIMMICK_BASE = MOVE_BASE + N_MOVES
-SWITCH_BASE = GIMMICK_BASE + N_MOVES
-N_ACTIONS = SWITCH_BASE + N_TEAM
-UNKNOWN_ACTION = -1
+from typing import Final
+
+N_MOVES: Final = 4
+N_TEAM: Final = 6
+MOVE_BASE: Final = 0
+GIMMICK_BASE: Final = MOVE_BASE + N_MOVES
+SWITCH_BASE: Final = GIMMICK_BASE + N_MOVES
+N_ACTIONS: Final = SWITCH_BASE + N_TEAM
+UNKNOWN_ACTION: Final = -1
 """Label of a decision whose choice the log does not reveal (full paralysis, flinch, sleep...)."""
 
-GIMMICKS = ("terastallize", "mega", "zmove", "dynamax", "ultra")
+GIMMICKS: Final = ("terastallize", "mega", "zmove", "dynamax", "ultra")
 """Gimmick names as in choices (`move 1 terastallize`); 'ultra' is Ultra Burst (Necrozma)."""
 
 # Decision kinds, as stored in trajectories (int) and printed (str).
-TEAM_PREVIEW, TURN, FORCED_SWITCH = 0, 1, 2
-KIND_NAMES = ("team_preview", "turn", "forced_switch")
+TEAM_PREVIEW: Final = 0
+TURN: Final = 1
+FORCED_SWITCH: Final = 2
+KIND_NAMES: Final = ("team_preview", "turn", "forced_switch")
 
 
 def move_action(slot: int, gimmick: bool = False) -> int:

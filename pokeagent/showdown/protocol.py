@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from pokeagent import native
 
-_TAG = re.compile(r"^\[(\w+)\]\s*(.*)$")
+_TAG: Final = re.compile(r"^\[(\w+)\]\s*(.*)$")
 
-ROOM_LINES = frozenset(
+ROOM_LINES: Final = frozenset(
     {
         "t:",
         "j",
@@ -113,10 +113,10 @@ def message_from_fields(kind: str, fields: list[str], line: str, index: int = -1
     return Message(kind, args, tags, line, index)
 
 
-_CACHE_LIMIT = 100_000
+_CACHE_LIMIT: Final = 100_000
 """Entries per parse cache: the same few thousand strings recur across battles (tags, Pokémon
 names); the caches are cleared when full, so a million-replay job stays small."""
-_TAGS: dict[str, tuple[str, str] | None] = {}
+_TAGS: Final[dict[str, tuple[str, str] | None]] = {}
 
 T = TypeVar("T")
 
@@ -159,7 +159,7 @@ def parse_pokemon_ref(text: str) -> PokemonRef | None:
         return _remember(_REFS, text, _parse_pokemon_ref(text))
 
 
-_REFS: dict[str, PokemonRef | None] = {}
+_REFS: Final[dict[str, PokemonRef | None]] = {}
 
 
 def _parse_pokemon_ref(text: str) -> PokemonRef | None:
@@ -194,7 +194,7 @@ def parse_details(text: str) -> Details:
         return _remember(_DETAILS, text, _parse_details(text))
 
 
-_DETAILS: dict[str, Details] = {}
+_DETAILS: Final[dict[str, Details]] = {}
 
 
 def _parse_details(text: str) -> Details:
@@ -224,7 +224,7 @@ def parse_hp_status(text: str) -> tuple[float | None, bool, str | None]:
         return _remember(_HP_STATUS, text, _parse_hp_status(text))
 
 
-_HP_STATUS: dict[str, tuple[float | None, bool, str | None]] = {}
+_HP_STATUS: Final[dict[str, tuple[float | None, bool, str | None]]] = {}
 
 
 def _parse_hp_status(text: str) -> tuple[float | None, bool, str | None]:
@@ -258,7 +258,7 @@ def effect_kind(text: str) -> str:
     return _effect(text)[0]
 
 
-_EFFECTS: dict[str, tuple[str, str]] = {}
+_EFFECTS: Final[dict[str, tuple[str, str]]] = {}
 
 
 def _effect(text: str) -> tuple[str, str]:

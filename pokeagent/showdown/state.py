@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from pokeagent import native
 from pokeagent.showdown.protocol import (
@@ -27,10 +28,10 @@ from pokeagent.showdown.protocol import (
     parse_pokemon_ref,
 )
 
-BOOST_STATS = ("atk", "def", "spa", "spd", "spe", "accuracy", "evasion")
+BOOST_STATS: Final = ("atk", "def", "spa", "spd", "spe", "accuracy", "evasion")
 
 # Volatile effects kept (normalised lower-case names); the rest are ignored.
-TRACKED_VOLATILES = frozenset(
+TRACKED_VOLATILES: Final = frozenset(
     {
         "substitute",
         "confusion",
@@ -79,7 +80,7 @@ TRACKED_VOLATILES = frozenset(
     }
 )
 
-KNOWN_IGNORED = ROOM_LINES | frozenset(
+KNOWN_IGNORED: Final = ROOM_LINES | frozenset(
     {
         "",
         "timestamp",
@@ -177,7 +178,7 @@ def normalise(name: str) -> str:
     return key
 
 
-_NORMALISED: dict[str, str] = {}
+_NORMALISED: Final[dict[str, str]] = {}
 
 
 @dataclass
@@ -889,7 +890,7 @@ def _is_max_or_z(move: str, msg: Message) -> bool:
     return move.startswith(("Max ", "G-Max ")) or "zeffect" in msg.tags
 
 
-_STATE_ATTRIBUTES = (
+_STATE_ATTRIBUTES: Final = (
     "sides",
     "field",
     "gen",
@@ -905,7 +906,7 @@ _STATE_ATTRIBUTES = (
 )
 """What `BattleState.__init__` sets (tests/test_native.py checks), carried by pickle and copy."""
 
-_HANDLERS: dict[str, Callable[[BattleState, Message], None]] = {
+_HANDLERS: Final[dict[str, Callable[[BattleState, Message], None]]] = {
     "player": BattleState._player,
     "teamsize": BattleState._teamsize,
     "gen": BattleState._gen,
@@ -960,7 +961,7 @@ _HANDLERS: dict[str, Callable[[BattleState, Message], None]] = {
     "-sideend": BattleState._sideend,
     "-swapsideconditions": BattleState._swapsideconditions,
 }
-_GLOBAL_KINDS = frozenset(
+_GLOBAL_KINDS: Final = frozenset(
     {
         "gen",
         "teamsize",
@@ -980,5 +981,5 @@ _GLOBAL_KINDS = frozenset(
 """Kinds whose handlers may change what `BattleState.version` covers; fainting by HP (`-damage`,
 a switch-in's HP) and Dynamax (`-start`) bump it where they happen. A new Pokémon (`|poke|`,
 a first switch-in) is not fainted: the counts stay."""
-BATTLE_STATE_KINDS = frozenset(_HANDLERS)
+BATTLE_STATE_KINDS: Final = frozenset(_HANDLERS)
 """The message kinds `BattleState.apply` reads (every other kind leaves the state as it is)."""
