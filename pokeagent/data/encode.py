@@ -218,7 +218,7 @@ _BIT_ACTIVE: Final = 1 << _ACTIVE
 _BIT_FAINTED: Final = 1 << _FAINTED
 _BIT_TERA: Final = 1 << _TERA
 _BIT_LOCKED: Final = 1 << _LOCKED
-_FEATURE_BITS: Final = np.arange(N_MON_FEATURES, dtype=np.int64)
+assert N_MON_FEATURES < 64  # _MonRows keeps a row's 0/1 columns as the bits of an int64
 _STATUS_COLUMN: Final = {s: _F["status_" + s] for s in STATUSES}
 _BOOST_COLUMN: Final = {b: _F["boost_" + b] for b in BOOSTS}
 _VOLATILE_COLUMN: Final = {v: _F["volatile_" + v] for v in VOLATILE_FLAGS}
@@ -320,8 +320,11 @@ class _MonRows:
         out = np.zeros((rows - self.first, N_MON_FEATURES), dtype=np.float32)
         n = len(self.bits)
         if n:
-            bits = int64_array(self.bits).reshape(-1, 1)
-            out[:n] = (bits >> _FEATURE_BITS) & 1
+            # Each row's bits as 8 little-endian bytes, unpacked: columns 0..N_MON_FEATURES-1.
+            packed = np.frombuffer(struct.pack(f"<{n}q", *self.bits), dtype=np.uint8)
+            out[:n] = np.unpackbits(
+                packed.reshape(n, 8), axis=1, count=N_MON_FEATURES, bitorder="little"
+            )
             out[:n, _HP] = float64_array(self.hp)
             out[:n, _LEVEL] = float64_array(self.level)
         if self.boost_row:
@@ -603,9 +606,10 @@ class IncrementalEncoder:
             view_turns.extend(encoder.view_turns)
         n = len(view_bodies)
         shape = (n, N_ENTITIES)
-        tokens = pools.tokens[int64_array(view_tokens).reshape(shape)]
-        features = pools.features[int64_array(view_features).reshape(shape)]
-        glob = pools.bodies[int64_array(view_bodies)]
+        # `take` gathers rows several times faster than fancy indexing does.
+        tokens = pools.tokens.take(int64_array(view_tokens).reshape(shape), axis=0)
+        features = pools.features.take(int64_array(view_features).reshape(shape), axis=0)
+        glob = pools.bodies.take(int64_array(view_bodies), axis=0)
         glob[np.arange(n), int64_array(view_kinds)] = 1.0
         glob[:, _TURN] = float64_array(view_turns)
         out: dict[str, dict[str, np.ndarray]] = {}
