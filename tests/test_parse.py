@@ -208,3 +208,24 @@ def test_bench_parse_prints_both_contestants(showdown_package, tmp_path):
         r"poke-env Battle tracking, 1 POV: +\d+\.\d replays/s +\d+\.\d replays/s", out.stdout
     )
     assert re.search(r"ratio pokeagent / poke-env: +\d+\.\d\dx +\d+\.\d\dx", out.stdout)
+
+
+def test_message_kinds_are_numbered_for_dispatch(shared_replays):
+    """The state and the parser dispatch on `Message.code`: every kind they read has its own
+    number, a message carries its kind's number, and the kinds nobody reads are counted or
+    dropped as before."""
+    from pokeagent.data.parse import _messages
+    from pokeagent.showdown import protocol as P
+    from pokeagent.showdown.state import BATTLE_STATE_KINDS, BattleState
+
+    assert P.KIND_CODES.keys() >= BATTLE_STATE_KINDS
+    codes = list(P.KIND_CODES.values())
+    assert len(set(codes)) == len(codes) and P.K_OTHER not in codes
+    assert P.parse_line("|-weather|RainDance").code == P.K_WEATHER
+    assert P.parse_line("|-crit|p1a: Garchomp").code == P.K_OTHER
+    state = BattleState()
+    state.apply(P.parse_line("|-someday|p1a: Mew"))  # a kind the protocol may add one day
+    assert state.unknown_kinds == {"-someday": 1}
+    log = _replay_from_file(sorted(shared_replays.glob("*/*.json"))[0]).log
+    kept = _messages(log)
+    assert kept and all(m.code == P.KIND_CODES[m.kind] for m in kept)

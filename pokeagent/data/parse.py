@@ -37,13 +37,31 @@ from pokeagent.data.teams import with_known_teams
 from pokeagent.showdown import actions as A
 from pokeagent.showdown.dex import Dex
 from pokeagent.showdown.protocol import (
+    K_ACTIVATE,
+    K_BURST,
+    K_CANT,
+    K_DAMAGE,
+    K_DRAG,
+    K_ENDITEM,
+    K_FAINT,
+    K_HEAL,
+    K_MEGA,
+    K_MOVE,
+    K_REPLACE,
+    K_RULE,
+    K_START,
+    K_SWITCH,
+    K_TEAMPREVIEW,
+    K_TERASTALLIZE,
+    K_TURN,
+    K_ZPOWER,
+    KIND_CODES,
     Message,
     effect_name,
     message_from_fields,
     parse_details,
 )
 from pokeagent.showdown.state import (
-    BATTLE_STATE_KINDS,
     BattleState,
     PokemonState,
     reveals_item_or_ability,
@@ -394,25 +412,45 @@ class _Reconstruction:
     # --------------------------------------------------------------- the walk
     def run(self) -> dict[str, list[Decision]]:
         state = self.state
-        handlers = _HANDLERS
         for msg in self.msgs:
             self.line_no = msg.index
-            kind = msg.kind
-            # Frequent kinds called directly (see BattleState.apply), the rest by name.
-            if kind == "move":
+            code = msg.code
+            # Dispatched on the kind's number (see BattleState.apply); kinds not listed have
+            # no handler here (`-damage`, the most frequent of all, among them).
+            if code == K_MOVE:
                 self._on_move(msg)
-            elif kind == "switch":
+            elif code == K_SWITCH:
                 self._on_switch(msg)
-            elif kind == "turn":
+            elif code == K_TURN:
                 self._on_turn(msg)
-            elif kind != "-damage":  # no handler, and the most frequent kind of all
-                handler = handlers.get(kind)
-                if handler is None and kind not in handlers:
-                    handler = handlers[kind] = getattr(_Reconstruction, _handler_name(kind), None)
-                if handler is not None:
-                    handler(self, msg)
+            elif code == K_DAMAGE:
+                pass
+            elif code == K_HEAL:
+                self._on_heal(msg)
+            elif code == K_FAINT:
+                self._on_faint(msg)
+            elif code == K_START:
+                self._on_start(msg)
+            elif code == K_ACTIVATE:
+                self._on_activate(msg)
+            elif code == K_CANT:
+                self._on_cant(msg)
+            elif code == K_ENDITEM:
+                self._on_enditem(msg)
+            elif code == K_TERASTALLIZE:
+                self._gimmick(msg, "terastallize")
+            elif code == K_DRAG:
+                self._forced_out(msg)
+            elif code == K_TEAMPREVIEW:
+                self._on_teampreview(msg)
+            elif code == K_MEGA:
+                self._gimmick(msg, "mega")
+            elif code == K_BURST:
+                self._gimmick(msg, "ultra")
+            elif code == K_ZPOWER:
+                self._gimmick(msg, "zmove")
             state.apply(msg)
-            if kind == "turn":
+            if code == K_TURN:
                 self._open_turn()
         first = self.decisions[SIDES[0]]
         both = _masks(
@@ -513,18 +551,6 @@ class _Reconstruction:
             self._label(decision, label, info)
         self._close_turn(ref.side)
 
-    def _on__terastallize(self, msg: Message) -> None:
-        self._gimmick(msg, "terastallize")
-
-    def _on__mega(self, msg: Message) -> None:
-        self._gimmick(msg, "mega")
-
-    def _on__burst(self, msg: Message) -> None:
-        self._gimmick(msg, "ultra")
-
-    def _on__zpower(self, msg: Message) -> None:
-        self._gimmick(msg, "zmove")
-
     def _gimmick(self, msg: Message, gimmick: str) -> None:
         ref = msg.ref()
         if ref is not None and ref.side in self.pending_turn:
@@ -544,7 +570,7 @@ class _Reconstruction:
             return
         self._forced_out(msg)
 
-    def _on__heal(self, msg: Message) -> None:
+    def _on_heal(self, msg: Message) -> None:
         # Revival Blessing: the user's side picks a fainted Pokémon to revive (a switch-like
         # request); the log shows only the revived one healing, from the side's bench.
         if msg.tags.get("from") != "move: Revival Blessing":
@@ -565,14 +591,11 @@ class _Reconstruction:
             species = revived.species if revived else self.hind.team[ref.side][slot].species
             self._label(decision, A.switch_action(slot), {"type": "switch", "species": species})
 
-    def _on_drag(self, msg: Message) -> None:
-        self._forced_out(msg)
-
-    def _on__enditem(self, msg: Message) -> None:
+    def _on_enditem(self, msg: Message) -> None:
         if msg.arg(1) in EJECTING_ITEMS:
             self._forced_out(msg)
 
-    def _on__start(self, msg: Message) -> None:
+    def _on_start(self, msg: Message) -> None:
         if effect_name(msg.arg(1)) == "Dynamax":
             self._gimmick(msg, "dynamax")
         # Encored before it moved: the move it makes is the encored one, not its choice.
@@ -581,7 +604,7 @@ class _Reconstruction:
             if ref is not None:
                 self._close_turn(ref.side)
 
-    def _on__activate(self, msg: Message) -> None:
+    def _on_activate(self, msg: Message) -> None:
         if effect_name(msg.arg(1)) in EJECTING_ABILITIES:
             self._forced_out(msg)
 
@@ -666,28 +689,17 @@ that reveals an item or ability: the hindsight pass skips them when they have no
 (`state.reveals_item_or_ability`)."""
 
 
-def _handler_name(kind: str) -> str:
-    return "_on_" + kind.replace("-", "_")
-
-
-_HANDLERS: Final[dict[str, Callable | None]] = {}
-"""Message kind -> `_Reconstruction` handler (None: no handler), filled as kinds show up."""
 _READ: Final[dict[str, str]] = {}
-"""Message kind -> the kind as an interned string when anything in this module or in
-BattleState reads such messages, else `_UNREAD`."""
+"""Message kind -> the kind as an interned string when BattleState or this module reads such
+messages (the kinds `protocol.KIND_CODES` numbers), else `_UNREAD`."""
 _UNREAD: Final = "\x00unread"
 
 
 def _read_kind(kind: str) -> str:
     """`_READ[kind]`, worked out the first time. Interned, the kind is the very object the
-    handler tables' literals are (where compiled), so every later lookup matches by identity."""
-    read = _READ[kind] = (
-        sys.intern(kind)
-        if kind in BATTLE_STATE_KINDS
-        or kind in ("replace", "rule")
-        or hasattr(_Reconstruction, _handler_name(kind))
-        else _UNREAD
-    )
+    literals of the kind tables are (where compiled), so every later lookup of it matches by
+    identity."""
+    read = _READ[kind] = sys.intern(kind) if kind in KIND_CODES else _UNREAD
     return read
 
 
@@ -698,7 +710,7 @@ def _messages(log: str) -> list[Message]:
     index = -1
     for line in log.splitlines():
         index += 1
-        if not line.startswith("|"):
+        if len(line) < 2 or not line.startswith("|"):  # text, or a bare `|` (a fifth of lines)
             continue
         head = line.split("|", 2)  # ["", kind, "the|rest"]: lines not read are not split
         kind = read.get(head[1])
@@ -760,9 +772,9 @@ def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Traject
         kind = msg.kind
         if kind in _NOT_HINDSIGHT and not (msg.tags and reveals_item_or_ability(msg)):
             continue
-        if kind == "rule":
+        if msg.code == K_RULE:
             rules.append(msg.arg(0))
-        elif kind == "replace":
+        elif msg.code == K_REPLACE:
             replaced = True
         final.apply(msg)
     _check_battle(final, replaced)

@@ -38,6 +38,129 @@ ROOM_LINES: Final = frozenset(
 """Kinds of lines about the room, not the battle: the timer, chat, people coming and going."""
 
 
+# The battle message kinds this library acts on, numbered (`Message.code`): the state and the
+# parser dispatch on the number, a C comparison where they are compiled, where comparing kind
+# strings costs a call per comparison. Any other kind is K_OTHER. The kinds whose handlers may
+# change what `BattleState.version` covers come as one block (K_FIRST_GLOBAL..K_LAST_GLOBAL).
+K_OTHER: Final = 0
+K_MOVE: Final = 1
+K_DAMAGE: Final = 2
+K_HEAL: Final = 3
+K_SWITCH: Final = 4
+K_TURN: Final = 5
+K_BOOST: Final = 6
+K_UNBOOST: Final = 7
+K_STATUS: Final = 8
+K_CURESTATUS: Final = 9
+K_CANT: Final = 10
+K_START: Final = 11
+K_END: Final = 12
+K_ACTIVATE: Final = 13
+K_ITEM: Final = 14
+K_ENDITEM: Final = 15
+K_ABILITY: Final = 16
+K_DRAG: Final = 17
+K_REPLACE: Final = 18
+K_DETAILSCHANGE: Final = 19
+K_FORMECHANGE: Final = 20
+K_SETHP: Final = 21
+K_PLAYER: Final = 22
+K_TIER: Final = 23
+K_POKE: Final = 24
+K_TEAMPREVIEW: Final = 25
+K_BATTLE_START: Final = 26
+K_WIN: Final = 27
+K_TIE: Final = 28
+K_RULE: Final = 29
+K_GAMETYPE: Final = 30
+K_CURETEAM: Final = 31
+K_SETBOOST: Final = 32
+K_CLEARBOOST: Final = 33
+K_CLEARALLBOOST: Final = 34
+K_CLEARNEGATIVEBOOST: Final = 35
+K_CLEARPOSITIVEBOOST: Final = 36
+K_INVERTBOOST: Final = 37
+K_COPYBOOST: Final = 38
+K_SWAPBOOST: Final = 39
+K_TRANSFORM: Final = 40
+K_MUSTRECHARGE: Final = 41
+K_BURST: Final = 42
+K_FIRST_GLOBAL: Final = 50
+K_FAINT: Final = 50
+K_GEN: Final = 51
+K_TEAMSIZE: Final = 52
+K_CLEARPOKE: Final = 53
+K_TERASTALLIZE: Final = 54
+K_MEGA: Final = 55
+K_ZPOWER: Final = 56
+K_WEATHER: Final = 57
+K_FIELDSTART: Final = 58
+K_FIELDEND: Final = 59
+K_SIDESTART: Final = 60
+K_SIDEEND: Final = 61
+K_SWAPSIDECONDITIONS: Final = 62
+K_LAST_GLOBAL: Final = 62
+
+KIND_CODES: Final[dict[str, int]] = {
+    "move": K_MOVE,
+    "-damage": K_DAMAGE,
+    "-heal": K_HEAL,
+    "switch": K_SWITCH,
+    "turn": K_TURN,
+    "-boost": K_BOOST,
+    "-unboost": K_UNBOOST,
+    "-status": K_STATUS,
+    "-curestatus": K_CURESTATUS,
+    "cant": K_CANT,
+    "-start": K_START,
+    "-end": K_END,
+    "-activate": K_ACTIVATE,
+    "-item": K_ITEM,
+    "-enditem": K_ENDITEM,
+    "-ability": K_ABILITY,
+    "drag": K_DRAG,
+    "replace": K_REPLACE,
+    "detailschange": K_DETAILSCHANGE,
+    "-formechange": K_FORMECHANGE,
+    "-sethp": K_SETHP,
+    "player": K_PLAYER,
+    "tier": K_TIER,
+    "poke": K_POKE,
+    "teampreview": K_TEAMPREVIEW,
+    "start": K_BATTLE_START,
+    "win": K_WIN,
+    "tie": K_TIE,
+    "rule": K_RULE,
+    "gametype": K_GAMETYPE,
+    "-cureteam": K_CURETEAM,
+    "-setboost": K_SETBOOST,
+    "-clearboost": K_CLEARBOOST,
+    "-clearallboost": K_CLEARALLBOOST,
+    "-clearnegativeboost": K_CLEARNEGATIVEBOOST,
+    "-clearpositiveboost": K_CLEARPOSITIVEBOOST,
+    "-invertboost": K_INVERTBOOST,
+    "-copyboost": K_COPYBOOST,
+    "-swapboost": K_SWAPBOOST,
+    "-transform": K_TRANSFORM,
+    "-mustrecharge": K_MUSTRECHARGE,
+    "-burst": K_BURST,
+    "faint": K_FAINT,
+    "gen": K_GEN,
+    "teamsize": K_TEAMSIZE,
+    "clearpoke": K_CLEARPOKE,
+    "-terastallize": K_TERASTALLIZE,
+    "-mega": K_MEGA,
+    "-zpower": K_ZPOWER,
+    "-weather": K_WEATHER,
+    "-fieldstart": K_FIELDSTART,
+    "-fieldend": K_FIELDEND,
+    "-sidestart": K_SIDESTART,
+    "-sideend": K_SIDEEND,
+    "-swapsideconditions": K_SWAPSIDECONDITIONS,
+}
+"""Kind -> its code; a kind not listed is K_OTHER."""
+
+
 @dataclass(slots=True)
 class Message:
     """One protocol line, split."""
@@ -55,6 +178,8 @@ class Message:
     first_ref: PokemonRef | None = field(default=None, compare=False, repr=False)
     """`parse_pokemon_ref(arg(0))`, once `ref()` has been called."""
     first_ref_parsed: bool = field(default=False, compare=False, repr=False)
+    code: int = field(init=False, compare=False, repr=False)
+    """`KIND_CODES` of the kind (K_OTHER for any other kind)."""
 
     # Written out (dataclass would generate the same): a generated __init__ is interpreted
     # even where this module is compiled (pokeagent/native.py), and a replay makes hundreds.
@@ -73,6 +198,7 @@ class Message:
         self.index = index
         self.first_ref = None
         self.first_ref_parsed = False
+        self.code = KIND_CODES.get(kind, K_OTHER)
 
     def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
         return native.reduce_fields(self, ("kind", "args", "tags", "line", "index"), 5)

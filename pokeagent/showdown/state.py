@@ -18,6 +18,29 @@ from typing import Final
 
 from pokeagent import native
 from pokeagent.showdown.protocol import (
+    K_ABILITY,
+    K_ACTIVATE,
+    K_BOOST,
+    K_CANT,
+    K_CURESTATUS,
+    K_DAMAGE,
+    K_END,
+    K_ENDITEM,
+    K_FAINT,
+    K_FIRST_GLOBAL,
+    K_HEAL,
+    K_ITEM,
+    K_LAST_GLOBAL,
+    K_MOVE,
+    K_SIDESTART,
+    K_START,
+    K_STATUS,
+    K_SWITCH,
+    K_TERASTALLIZE,
+    K_TURN,
+    K_UNBOOST,
+    K_WEATHER,
+    KIND_CODES,
     ROOM_LINES,
     Message,
     PokemonRef,
@@ -422,25 +445,56 @@ class BattleState:
     # ------------------------------------------------------------------ apply
     def apply(self, msg: Message) -> None:
         """Update with one message. Never raises on odd input: unknown things are ignored."""
-        kind = msg.kind
-        # The most frequent kinds first, called directly: the same methods as in _HANDLERS, but
-        # a call through that table is a slow Python-level call where this module is compiled.
-        if kind == "move":
+        code = msg.code
+        # The frequent kinds called directly, by the kind's number (protocol.KIND_CODES): the
+        # same methods as in _HANDLERS, but a call through that table is a slow Python-level
+        # call where this module is compiled, and a number compares in one C instruction.
+        if code == K_MOVE:
             self._move(msg)
-        elif kind == "-damage" or kind == "-heal":
+        elif code in (K_DAMAGE, K_HEAL):
             self._hp_change(msg)
-        elif kind == "switch":
+        elif code == K_SWITCH:
             self._switch(msg)
-        elif kind == "turn":
+        elif code == K_TURN:
             self._turn(msg)
+        elif code == K_BOOST:
+            self._boost(msg)
+        elif code == K_FAINT:
+            self._faint(msg)
+        elif code == K_UNBOOST:
+            self._unboost(msg)
+        elif code == K_WEATHER:
+            self._weather(msg)
+        elif code == K_ABILITY:
+            self._ability(msg)
+        elif code == K_STATUS:
+            self._status(msg)
+        elif code == K_START:
+            self._volatile_start(msg)
+        elif code == K_ACTIVATE:
+            self._activate(msg)
+        elif code == K_CANT:
+            self._cant(msg)
+        elif code == K_END:
+            self._volatile_end(msg)
+        elif code == K_ENDITEM:
+            self._enditem(msg)
+        elif code == K_TERASTALLIZE:
+            self._terastallize(msg)
+        elif code == K_SIDESTART:
+            self._sidestart(msg)
+        elif code == K_CURESTATUS:
+            self._curestatus(msg)
+        elif code == K_ITEM:
+            self._item(msg)
         else:
-            handler = _HANDLERS.get(kind)
+            handler = _HANDLERS.get(msg.kind)
             if handler is None:
-                if kind not in KNOWN_IGNORED:
-                    self.unknown_kinds[kind] += 1
+                if msg.kind not in KNOWN_IGNORED:
+                    self.unknown_kinds[msg.kind] += 1
                 return
             handler(self, msg)
-        if kind in _GLOBAL_KINDS:
+        if K_FIRST_GLOBAL <= code <= K_LAST_GLOBAL:  # _GLOBAL_KINDS
             self.version += 1
 
     # Each handler takes (state, msg). Kept as methods for readability.
@@ -983,3 +1037,6 @@ a switch-in's HP) and Dynamax (`-start`) bump it where they happen. A new Pokém
 a first switch-in) is not fainted: the counts stay."""
 BATTLE_STATE_KINDS: Final = frozenset(_HANDLERS)
 """The message kinds `BattleState.apply` reads (every other kind leaves the state as it is)."""
+# `apply` finds a kind's handler through its number and bumps the version by number.
+assert KIND_CODES.keys() >= BATTLE_STATE_KINDS
+assert {k for k, c in KIND_CODES.items() if K_FIRST_GLOBAL <= c <= K_LAST_GLOBAL} == _GLOBAL_KINDS
