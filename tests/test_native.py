@@ -120,12 +120,14 @@ def test_written_out_inits_match_the_dataclass_fields():
     from pokeagent.data.hindsight import TeamMember
     from pokeagent.data.parse import Decision, Trajectory
     from pokeagent.showdown.protocol import Message
-    from pokeagent.showdown.state import PokemonState
+    from pokeagent.showdown.state import FieldState, PokemonState, SideState
 
     made = {
         Message: Message("move", ["p1a: X", "Tackle"]),
         Decision: Decision(3, 1, np.zeros(14, dtype=bool)),
         PokemonState: PokemonState("p1", "Pikachu", "Pikachu"),
+        SideState: SideState("p1"),
+        FieldState: FieldState(),
         TeamMember: TeamMember("Mew", "M", ["Psychic"], None, None, None, False, False),
         Trajectory: Trajectory("b", "gen9ou", 9, "p1", "A", None, None, 1.0, "x"),
     }

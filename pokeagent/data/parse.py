@@ -304,8 +304,11 @@ class _Reconstruction:
         decision.action, decision.action_info = action, info
 
     def _close_turn(self, side: str) -> None:
-        self.pending_turn.pop(side, None)
-        self.gimmick_now.pop(side, None)
+        # `in` and `del`, not `dict.pop(key, None)`: a generic method call where compiled.
+        if side in self.pending_turn:
+            del self.pending_turn[side]
+        if side in self.gimmick_now:
+            del self.gimmick_now[side]
 
     # --------------------------------------------------------------- legal masks
     def _switch_mask(self, side: str) -> int:
@@ -475,7 +478,8 @@ class _Reconstruction:
         self.pursuit_target = None
         self.gen1_frozen_or_asleep = set()
         for side in SIDES:
-            self.pending_turn.pop(side, None)
+            if side in self.pending_turn:
+                del self.pending_turn[side]
             active = self.state.sides[side].active
             if active is None or active.fainted:
                 continue
@@ -523,7 +527,7 @@ class _Reconstruction:
             # Status Z-Moves are named after their base move: `Z-Quiver Dance`.
             label, info = self._move_label(ref.side, mon, move[2:])
             self._label(decision, label, info)
-        elif move.startswith(("Max ", "G-Max ")) or "zeffect" in msg.tags:
+        elif move.startswith("Max ") or move.startswith("G-Max ") or "zeffect" in msg.tags:
             # A Z-/Max Move names its effect, not the move chosen: recover it where unambiguous.
             base = self._base_move(ref.side, mon, move)
             if base is not None:
@@ -617,7 +621,8 @@ class _Reconstruction:
         if not self.in_turns:
             # Leads: chosen at team preview, or not a choice at all.
             if side in self.pending_preview:
-                decision = self.pending_preview.pop(side)
+                decision = self.pending_preview[side]
+                del self.pending_preview[side]
                 slot = self.hind.slot_of(side, ref.name, species)
                 if slot is not None:
                     self._label(decision, A.switch_action(slot), {"type": "team", "lead": species})
@@ -631,7 +636,9 @@ class _Reconstruction:
             self._open_forced_switches(side, self_switch="from" in msg.tags)
         if side in self.pending_forced:
             label, info = self._switch_label(side, ref.name, species)
-            self._label(self.pending_forced.pop(side), label, info)
+            decision = self.pending_forced[side]
+            del self.pending_forced[side]
+            self._label(decision, label, info)
 
     def _open_forced_switches(self, switching_side: str, self_switch: bool) -> None:
         """Open forced-switch decisions for this side and every side whose active has fainted:

@@ -322,6 +322,37 @@ class SideState:
     """name -> the first Pokémon of that name, as of `names_version` (`find` keeps it)."""
     names_version: int = field(default=-1, compare=False, repr=False)
 
+    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the defaults).
+    def __init__(
+        self,
+        side: str,
+        player: str = "",
+        team_size: int = 6,
+        pokemon: list[PokemonState] | None = None,
+        active: PokemonState | None = None,
+        conditions: dict[str, int] | None = None,
+        used_tera: bool = False,
+        used_mega: bool = False,
+        used_zmove: bool = False,
+        used_dynamax: bool = False,
+        version: int = 0,
+        names: dict[str, PokemonState] | None = None,
+        names_version: int = -1,
+    ) -> None:
+        self.side = side
+        self.player = player
+        self.team_size = team_size
+        self.pokemon = [] if pokemon is None else pokemon
+        self.active = active
+        self.conditions = {} if conditions is None else conditions
+        self.used_tera = used_tera
+        self.used_mega = used_mega
+        self.used_zmove = used_zmove
+        self.used_dynamax = used_dynamax
+        self.version = version
+        self.names = {} if names is None else names
+        self.names_version = names_version
+
     def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
         return native.reduce_dataclass(self)
 
@@ -342,6 +373,17 @@ class FieldState:
     terrain: str | None = None
     pseudo_weather: set[str] = field(default_factory=set)
     """trickroom, gravity, magicroom, wonderroom, ..."""
+
+    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the defaults).
+    def __init__(
+        self,
+        weather: str | None = None,
+        terrain: str | None = None,
+        pseudo_weather: set[str] | None = None,
+    ) -> None:
+        self.weather = weather
+        self.terrain = terrain
+        self.pseudo_weather = set() if pseudo_weather is None else pseudo_weather
 
     def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
         return native.reduce_dataclass(self)
@@ -941,7 +983,8 @@ def reveals_item_or_ability(msg: Message) -> bool:
 
 def _is_max_or_z(move: str, msg: Message) -> bool:
     """Max Moves and Z-Moves are not moveset moves (the log names them, not the base move)."""
-    return move.startswith(("Max ", "G-Max ")) or "zeffect" in msg.tags
+    # (startswith with one string each: a tuple of them is a slow generic call where compiled)
+    return move.startswith("Max ") or move.startswith("G-Max ") or "zeffect" in msg.tags
 
 
 _STATE_ATTRIBUTES: Final = (
