@@ -219,6 +219,7 @@ _BIT_FAINTED: Final = 1 << _FAINTED
 _BIT_TERA: Final = 1 << _TERA
 _BIT_LOCKED: Final = 1 << _LOCKED
 assert N_MON_FEATURES < 64  # _MonRows keeps a row's 0/1 columns as the bits of an int64
+assert _LEVEL == _HP + 1  # _MonRows writes both columns with one slice
 _STATUS_COLUMN: Final = {s: _F["status_" + s] for s in STATUSES}
 _BOOST_COLUMN: Final = {b: _F["boost_" + b] for b in BOOSTS}
 _VOLATILE_COLUMN: Final = {v: _F["volatile_" + v] for v in VOLATILE_FLAGS}
@@ -294,8 +295,7 @@ class _MonRows:
     def __init__(self) -> None:
         self.first = 0  # number of the first row not yet taken
         self.bits: list[int] = []
-        self.hp: list[float] = []
-        self.level: list[float] = []
+        self.hp_level: list[float] = []  # HP and level of each row, one after the other
         self.boost_row: list[int] = []
         self.boost_column: list[int] = []
         self.boost_value: list[float] = []
@@ -303,11 +303,11 @@ class _MonRows:
     def write(self, row: int, bits: int, hp: float, level: float) -> None:
         while self.first + len(self.bits) < row:  # rows skipped stay zero
             self.bits.append(0)
-            self.hp.append(0.0)
-            self.level.append(0.0)
+            self.hp_level.append(0.0)
+            self.hp_level.append(0.0)
         self.bits.append(bits)
-        self.hp.append(hp)
-        self.level.append(level)
+        self.hp_level.append(hp)
+        self.hp_level.append(level)
 
     def boost(self, row: int, column: int, value: float) -> None:
         self.boost_row.append(row)
@@ -325,14 +325,13 @@ class _MonRows:
             out[:n] = np.unpackbits(
                 packed.reshape(n, 8), axis=1, count=N_MON_FEATURES, bitorder="little"
             )
-            out[:n, _HP] = float64_array(self.hp)
-            out[:n, _LEVEL] = float64_array(self.level)
+            out[:n, _HP : _LEVEL + 1] = float64_array(self.hp_level).reshape(n, 2)
         if self.boost_row:
             out[int64_array(self.boost_row) - self.first, int64_array(self.boost_column)] = (
                 float64_array(self.boost_value)
             )
         self.first = rows
-        self.bits, self.hp, self.level = [], [], []
+        self.bits, self.hp_level = [], []
         self.boost_row, self.boost_column, self.boost_value = [], [], []
         return out
 
@@ -667,7 +666,8 @@ class _Pools:
         done = len(self.tokens)
         if done * N_TOKEN_FIELDS < len(self.token_values):
             values = self.token_values[done * N_TOKEN_FIELDS :]
-            new = int64_array(values).astype(np.int32).reshape(-1, N_TOKEN_FIELDS)
+            packed = struct.pack(f"{len(values)}i", *values)
+            new = np.frombuffer(packed, dtype=np.int32).reshape(-1, N_TOKEN_FIELDS)
             self.tokens = np.concatenate([self.tokens, new]) if done else new
         done = len(self.features)
         if done < self.n_features:
@@ -785,7 +785,15 @@ class _SideEncoder:
                 ):
                     token = current_tokens[row]  # what the token row is made of is unchanged
                 else:
-                    key = (row, forme, ability, item, tera)
+                    # Keyed by what the row shows: an ability or item the log reveals for the
+                    # first time is the one the hindsight had already filled in.
+                    key = (
+                        row,
+                        forme,
+                        ability or member.ability,
+                        item if item is not None else member.item,
+                        tera or member.tera_type,
+                    )
                     token = token_rows.get(key)
                     if token is None:
                         token = self._token_row(key, _own_tokens(dex, member, moves, live))

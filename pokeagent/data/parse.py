@@ -476,7 +476,8 @@ class _Reconstruction:
     def _open_turn(self) -> None:
         self.in_turns = True
         self.pursuit_target = None
-        self.gen1_frozen_or_asleep = set()
+        if self.gen1_frozen_or_asleep:
+            self.gen1_frozen_or_asleep.clear()
         for side in SIDES:
             if side in self.pending_turn:
                 del self.pending_turn[side]
@@ -694,6 +695,11 @@ _NOT_HINDSIGHT: Final = frozenset(
 status, boosts, field, side conditions, forme of the moment), except through a `[from]` tag
 that reveals an item or ability: the hindsight pass skips them when they have none
 (`state.reveals_item_or_ability`)."""
+_NOT_HINDSIGHT_CODE: Final = tuple(
+    any(KIND_CODES[kind] == code for kind in _NOT_HINDSIGHT)
+    for code in range(max(KIND_CODES.values()) + 1)
+)
+"""`_NOT_HINDSIGHT` by kind code (`Message.code`): an index, not a set lookup, per message."""
 
 
 _READ: Final[dict[str, str]] = {}
@@ -776,12 +782,12 @@ def _parse(replay: Replay, encoder: Encoder | None) -> tuple[Trajectory, Traject
     replaced = False
     rules: list[str] = []
     for msg in msgs:
-        kind = msg.kind
-        if kind in _NOT_HINDSIGHT and not (msg.tags and reveals_item_or_ability(msg)):
+        code = msg.code
+        if _NOT_HINDSIGHT_CODE[code] and not (msg.tags and reveals_item_or_ability(msg)):
             continue
-        if msg.code == K_RULE:
+        if code == K_RULE:
             rules.append(msg.arg(0))
-        elif msg.code == K_REPLACE:
+        elif code == K_REPLACE:
             replaced = True
         final.apply(msg)
     _check_battle(final, replaced)
