@@ -725,13 +725,14 @@ def _messages(log: str) -> list[Message]:
         index += 1
         if len(line) < 2 or not line.startswith("|"):  # text, or a bare `|` (a fifth of lines)
             continue
-        head = line.split("|", 2)  # ["", kind, "the|rest"]: lines not read are not split
-        kind = read.get(head[1])
+        # One split: the lines no pass reads are short (`|upkeep`, `|-crit|p1a: X`).
+        parts = line.split("|")  # ["", kind, field, field, ...]
+        kind = read.get(parts[1])
         if kind is None:
-            kind = _read_kind(head[1])
+            kind = _read_kind(parts[1])
         if kind is _UNREAD:
             continue
-        fields = head[2].split("|") if len(head) > 2 else []
+        fields = parts[2:]
         if "[" in line:
             msgs.append(message_from_fields(kind, fields, line, index))
         else:  # no tags: `message_from_fields` without its checks
