@@ -117,7 +117,7 @@ def test_written_out_inits_match_the_dataclass_fields():
 
     import numpy as np
 
-    from pokeagent.data.hindsight import TeamMember
+    from pokeagent.data.hindsight import Hindsight, TeamMember
     from pokeagent.data.parse import Decision, Trajectory
     from pokeagent.showdown.protocol import Message
     from pokeagent.showdown.state import FieldState, PokemonState, SideState
@@ -129,6 +129,7 @@ def test_written_out_inits_match_the_dataclass_fields():
         SideState: SideState("p1"),
         FieldState: FieldState(),
         TeamMember: TeamMember("Mew", "M", ["Psychic"], None, None, None, False, False),
+        Hindsight: Hindsight({"p1": []}, {"p1": 6}),
         Trajectory: Trajectory("b", "gen9ou", 9, "p1", "A", None, None, 1.0, "x"),
     }
     for cls, instance in made.items():

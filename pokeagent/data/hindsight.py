@@ -67,6 +67,11 @@ class Hindsight:
     """side -> members in canonical order; unknown (never shown) members are not listed."""
     team_size: dict[str, int]
 
+    # Written out: see protocol.Message.__init__.
+    def __init__(self, team: dict[str, list[TeamMember]], team_size: dict[str, int]) -> None:
+        self.team = team
+        self.team_size = team_size
+
     def __reduce__(self) -> tuple:  # pickle and copy (see native.reduce_fields)
         return native.reduce_dataclass(self)
 

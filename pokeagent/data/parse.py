@@ -460,11 +460,13 @@ class _Reconstruction:
             [d.legal_bits for d in first] + [d.legal_bits for d in self.decisions[SIDES[1]]]
         )
         all_stacked = self.incremental.stacked() if self.incremental is not None else {}
+        rows = list(both)  # each mask a view of one row, made in one C loop
         for side in SIDES:
             decisions = self.decisions[side]
             masks = both[: len(first)] if side == SIDES[0] else both[len(first) :]
-            for decision, legal in zip(decisions, masks, strict=True):
-                decision.legal = legal
+            offset = 0 if side == SIDES[0] else len(first)
+            for index, decision in enumerate(decisions):
+                decision.legal = rows[offset + index]
             stacked = all_stacked.get(side)
             if stacked is not None:
                 for index, decision in enumerate(decisions):
