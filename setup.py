@@ -43,9 +43,11 @@ def _native_extensions() -> list:
     sources = [str(native.source_path(m).relative_to(ROOT)) for m in native.COMPILED_MODULES]
     try:
         # One group: the modules call each other as C functions, through one shared library.
-        # Packages missing from the build environment (numpy...) are typed as Any.
+        # Packages missing from the build environment (numpy...) are typed as Any. No mypy
+        # cache: with one, a rebuild of unchanged sources generates no C for the group, and the
+        # shared library would be linked empty (an import error at run time).
         extensions = mypycify(
-            ["--ignore-missing-imports", *sources],
+            ["--ignore-missing-imports", "--cache-dir", os.devnull, *sources],
             opt_level="3",
             separate=[(sources, native.GROUP)],
         )

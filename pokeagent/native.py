@@ -6,9 +6,10 @@ install time `setup.py` compiles `COMPILED_MODULES` with mypyc (the same sources
 `FINGERPRINT_FILE`. Python prefers an extension module over the `.py` of the same name, so an
 edit to one of these sources would silently keep running the old compiled code; `guard()`
 (run when `pokeagent` is imported) checks the fingerprints and, when a source changed since the
-build, a module is missing its build, or `POKEAGENT_PURE_PYTHON=1` is set, loads all of them from
-source instead (all or none: compiled modules call each other directly). A stale build also
-warns: rebuild with `pip install -e .` (or `scripts/setup.sh`).
+build, a module is missing its build, the shared library does not load, or
+`POKEAGENT_PURE_PYTHON=1` is set, loads all of them from source instead (all or none: compiled
+modules call each other directly). A stale or broken build also warns: rebuild with
+`pip install -e .` (or `scripts/setup.sh`).
 
 Without a C compiler or mypy at install time the package installs uncompiled and runs the same
 code, slower. `pokeagent bench parse` prints which one it measured.
@@ -83,7 +84,7 @@ def mode() -> str:
 
 def needs_rebuild() -> bool:
     """A compiled build exists but does not match the sources (scripts/setup.sh rebuilds)."""
-    return _mode.startswith(("pure (sources changed", "pure (incomplete"))
+    return _mode.startswith(("pure (sources changed", "pure (incomplete", "pure (broken"))
 
 
 def guard() -> None:
@@ -114,6 +115,16 @@ def guard() -> None:
             )
             warnings.warn(
                 f"pokeagent: {reason}; running them uncompiled (slower). Rebuild with "
+                "`pip install -e .` (or scripts/setup.sh).",
+                stacklevel=2,
+            )
+    if reason is None:
+        try:  # a library that fails to load (linked empty, wrong platform) must not run either
+            importlib.import_module(SHARED_LIBRARY)
+        except ImportError as error:
+            reason = f"broken build: {SHARED_LIBRARY} does not load ({error})"
+            warnings.warn(
+                f"pokeagent: {reason}; running the parser uncompiled (slower). Rebuild with "
                 "`pip install -e .` (or scripts/setup.sh).",
                 stacklevel=2,
             )

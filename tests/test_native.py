@@ -80,7 +80,7 @@ def test_the_compiled_build_runs_where_required():
     assert native.mode() == "compiled"
 
 
-def test_a_changed_source_runs_uncompiled(monkeypatch):
+def test_a_changed_source_runs_uncompiled(monkeypatch, tmp_path):
     """A build whose sources changed since must not run: guard() loads them from source."""
     mode, meta_path = native._mode, list(sys.meta_path)
     built = all(native._built(m) for m in native.COMPILED_MODULES)
@@ -102,6 +102,16 @@ def test_a_changed_source_runs_uncompiled(monkeypatch):
             monkeypatch.setattr(native, "SHARED_LIBRARY", "no_such_library__mypyc")
             native.guard()  # a module's build without the group's library must not run
             assert native.mode() == "pure (incomplete build: no_such_library__mypyc)"
+            # nor one whose library is there but does not load (e.g. linked without its code)
+            sys.meta_path[:] = meta_path
+            broken = tmp_path / "broken_library__mypyc.py"
+            broken.write_text("raise ImportError('does not define module export function')\n")
+            monkeypatch.syspath_prepend(str(tmp_path))
+            monkeypatch.setattr(native, "SHARED_LIBRARY", "broken_library__mypyc")
+            with pytest.warns(UserWarning, match="broken build"):
+                native.guard()
+            assert native.mode().startswith("pure (broken build: broken_library__mypyc")
+            assert native.needs_rebuild()
         else:
             native.guard()
             assert native.mode() == "pure (no compiled build)" and not native.needs_rebuild()
