@@ -310,7 +310,7 @@ class _MonRows:
         self.hp_level.append(level)
 
     def boost(self, row: int, column: int, value: float) -> None:
-        self.boost_row.append(row)
+        self.boost_row.append(row - self.first)  # as a row of what `take` returns
         self.boost_column.append(column)
         self.boost_value.append(value)
 
@@ -327,8 +327,8 @@ class _MonRows:
             )
             out[:n, _HP : _LEVEL + 1] = float64_array(self.hp_level).reshape(n, 2)
         if self.boost_row:
-            out[int64_array(self.boost_row) - self.first, int64_array(self.boost_column)] = (
-                float64_array(self.boost_value)
+            out[int64_array(self.boost_row), int64_array(self.boost_column)] = float64_array(
+                self.boost_value
             )
         self.first = rows
         self.bits, self.hp_level = [], []
@@ -596,7 +596,7 @@ class IncrementalEncoder:
         view_features: list[int] = []
         view_bodies: list[int] = []
         view_kinds: list[int] = []
-        view_turns: list[float] = []
+        view_turns: list[int] = []
         for encoder in encoders:
             view_tokens.extend(encoder.view_tokens)
             view_features.extend(encoder.view_features)
@@ -610,7 +610,7 @@ class IncrementalEncoder:
         features = pools.features.take(int64_array(view_features).reshape(shape), axis=0)
         glob = pools.bodies.take(int64_array(view_bodies), axis=0)
         glob[np.arange(n), int64_array(view_kinds)] = 1.0
-        glob[:, _TURN] = float64_array(view_turns)
+        glob[:, _TURN] = int64_array(view_turns) / 100.0  # as `encode` computes it
         out: dict[str, dict[str, np.ndarray]] = {}
         start = 0
         for encoder in encoders:
@@ -740,7 +740,7 @@ class _SideEncoder:
         self.view_features: list[int] = []
         self.view_bodies: list[int] = []
         self.view_kinds: list[int] = []
-        self.view_turns: list[float] = []
+        self.view_turns: list[int] = []  # the turn (kept as an int: no float object per view)
 
     def _token_row(self, key: tuple, values: tuple[int, ...]) -> int:
         index = self.token_rows[key] = self.pools.token_row(values)
@@ -860,7 +860,7 @@ class _SideEncoder:
         self.view_features.extend(current_features)
         self.view_bodies.append(self.body)
         self.view_kinds.append(_KIND_COLUMN[kind])
-        self.view_turns.append(state.turn / 100.0)
+        self.view_turns.append(state.turn)
         self.n_views += 1
         return self.n_views - 1
 
@@ -869,7 +869,7 @@ class _SideEncoder:
         pools.arrays()
         glob = pools.bodies[self.view_bodies[view]].copy()
         glob[self.view_kinds[view]] = 1.0
-        glob[_TURN] = self.view_turns[view]
+        glob[_TURN] = self.view_turns[view] / 100.0
         rows = slice(view * N_ENTITIES, (view + 1) * N_ENTITIES)
         return {
             "tokens": pools.tokens[self.view_tokens[rows]],
