@@ -2,7 +2,7 @@
 
 Parsing a replay into two encoded trajectories is pure Python, written to be compiled: at
 install time `setup.py` compiles `COMPILED_MODULES` with mypyc (the same sources, typed; about
-2x faster) into extension modules beside them, and records each source's sha256 in
+3x faster) into extension modules beside them, and records each source's sha256 in
 `FINGERPRINT_FILE`. Python prefers an extension module over the `.py` of the same name, so an
 edit to one of these sources would silently keep running the old compiled code; `guard()`
 (run when `pokeagent` is imported) checks the fingerprints and, when a source changed since the
