@@ -229,3 +229,51 @@ def test_message_kinds_are_numbered_for_dispatch(shared_replays):
     log = _replay_from_file(sorted(shared_replays.glob("*/*.json"))[0]).log
     kept = _messages(log)
     assert kept and all(m.code == P.KIND_CODES[m.kind] for m in kept)
+
+
+@pytest.mark.parametrize(
+    ("blocker", "seed", "turn"),
+    [("sleeppowder", 1, 2), ("wrap", 1, 2), ("flinch", 27, 3)],
+)
+def test_gen1_recharge_cancelled_by_sleep_trapping_or_flinch(showdown_package, blocker, seed, turn):
+    """Gen 1: Hyper Beam's recharge turn is cancelled when the user is put to sleep, hit by a
+    partial-trapping move or made to flinch first (the log shows at most a hint). The next turn
+    its request offers moves and switches again, and the parser's mask must too. The seeds are
+    ones where the scenario happens; the test checks that it did."""
+    from pokeagent.data.sources import replay_from_record
+
+    def mon(species, moves):
+        return f"{species}|||NoAbility|{moves}|Serious|{'255,' * 5}255|N|{'30,' * 5}30||100|"
+
+    p1 = "]".join([mon("Tauros", "hyperbeam,bodyslam"), mon("Chansey", "softboiled,seismictoss")])
+    # Persian outspeeds Tauros: its Bite can flinch Tauros on the recharge turn.
+    foe, move = ("Persian", "bite") if blocker == "flinch" else ("Victreebel", blocker)
+    p2 = "]".join([mon(foe, f"{move},slash"), mon("Snorlax", "bodyslam")])
+    input_log = [
+        ">start " + json.dumps({"formatid": "gen1customgame", "seed": [seed, 2, 3, 4]}),
+        ">player p1 " + json.dumps({"name": "A", "team": p1}),
+        ">player p2 " + json.dumps({"name": "B", "team": p2}),
+        ">p1 move hyperbeam",
+        f">p2 move {move}",
+        *[">p1 move 1", ">p2 move 1"] * (turn - 1),
+        ">forcetie",
+    ]
+    (record,) = simtool.replay_input_logs(showdown_package, [{"input_log": input_log, "id": "t"}])
+    assert "error" not in record, record
+    lines = record["log"].splitlines()
+    # The scenario happened: Hyper Beam hit on turn 1, then the blocker landed before the
+    # recharge turn.
+    first = lines[lines.index("|turn|1") : lines.index("|turn|2")]
+    assert "|-mustrecharge|p1a: Tauros" in first
+    if blocker == "flinch":
+        assert "|cant|p1a: Tauros|flinch" in lines[lines.index("|turn|2") :]
+    else:
+        assert any(line.startswith("|-hint|In Gen 1,") for line in first)
+    truth = next(d for d in record["decisions"] if d["side"] == "p1" and d["turn"] == turn)
+    assert any(o["type"] == "switch" and o["species"] == "Chansey" for o in truth["legal"])
+
+    trajectory = parse_replay(replay_from_record(record))[0]
+    decision = next(d for d in trajectory.decisions if d.turn == turn and d.kind == A.TURN)
+    chansey = [m["species"] for m in trajectory.team].index("Chansey")
+    assert decision.legal[A.switch_action(chansey)]
+    assert decision.legal[A.move_action(1)]  # not only "Recharge" (played as slot 0)

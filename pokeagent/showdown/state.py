@@ -103,6 +103,9 @@ TRACKED_VOLATILES: Final = frozenset(
     }
 )
 
+GEN1_PARTIAL_TRAPPING_MOVES: Final = frozenset({"Bind", "Clamp", "Fire Spin", "Wrap"})
+"""Gen 1 moves that cancel their target's recharge turn (data/mods/gen1/moves.ts: onTryMove)."""
+
 KNOWN_IGNORED: Final = ROOM_LINES | frozenset(
     {
         "",
@@ -600,6 +603,12 @@ class BattleState:
             return
         move = msg.arg(1)
         self._reveal_from_tags(msg, mon)
+        if self.gen == 1 and move in GEN1_PARTIAL_TRAPPING_MOVES:
+            # Gen 1: a partial-trapping move used on a Pokémon that must recharge cancels the
+            # recharge, hit or miss (the simulator only hints at it).
+            target = self.mon(msg.arg(2))
+            if target is not None:
+                target.volatiles.discard("mustrecharge")
         # Called by another move or an effect (Metronome, Sleep Talk, Magic Bounce...): not one
         # of its own moves. A lockedmove repeat (Outrage & co) is its own.
         if msg.tags.get("from", "lockedmove") != "lockedmove":
@@ -622,7 +631,8 @@ class BattleState:
         reason = msg.arg(1)
         if effect_kind(reason) == "ability" and mon.ability is None:
             mon.ability = effect_name(reason)
-        if "recharge" in reason:
+        if "recharge" in reason or (self.gen == 1 and reason == "flinch"):
+            # Gen 1: flinching takes the place of the recharge turn.
             mon.volatiles.discard("mustrecharge")
         moved = msg.arg(2)
         if moved and moved not in mon.moves and "transform" not in mon.volatiles:
@@ -675,6 +685,9 @@ class BattleState:
         mon = self.mon_ref(msg.ref())
         if mon is not None:
             mon.status = msg.arg(1) or None
+            if self.gen == 1 and mon.status == "slp":
+                # Gen 1: put to sleep before its recharge turn, it no longer recharges.
+                mon.volatiles.discard("mustrecharge")
             self._reveal_from_tags(msg, mon)
 
     def _curestatus(self, msg: Message) -> None:
