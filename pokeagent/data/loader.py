@@ -126,7 +126,7 @@ def resplit_state(states: list[dict], rank: int, world_size: int, workers: int, 
 
 def cut_window(sample: dict, start: int, size: int) -> dict[str, np.ndarray]:
     """Decisions [start, start + size) of a trajectory, padded to `size` (padding's `action` is
-    -1, never a label); `mask` marks the real steps."""
+    -1, never a label); `mask` marks the real steps, `last` the trajectory's last decision."""
     steps = len(sample["action"])
     end = min(steps, start + size)
     out = {}
@@ -141,6 +141,12 @@ def cut_window(sample: dict, start: int, size: int) -> dict[str, np.ndarray]:
     mask = np.zeros(size, dtype=bool)
     mask[: end - start] = True
     out["mask"] = mask
+    # The trajectory's last decision, where the window holds it: the critic's terminal step
+    # (model/rewards.py); a window that ends earlier cannot bootstrap its last decision.
+    last = np.zeros(size, dtype=bool)
+    if end == steps and end > start:
+        last[end - 1 - start] = True
+    out["last"] = last
     return out
 
 
@@ -163,6 +169,7 @@ def collate(
         "kind": torch.from_numpy(np.stack([w["kind"] for w in windows])),
         "turn": torch.from_numpy(np.stack([w["turn"] for w in windows])),
         "mask": torch.from_numpy(np.stack([w["mask"] for w in windows])),
+        "last": torch.from_numpy(np.stack([w["last"] for w in windows])),
         "outcome": torch.from_numpy(info[:, 3].astype(np.float32) / 2.0),
         "gen": torch.from_numpy(info[:, 0].astype(np.int64)),
     }

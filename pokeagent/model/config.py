@@ -27,10 +27,15 @@ class ModelConfig:
     max_window: int = 256
     """Longest window of decisions (learned positions)."""
     dropout: float = 0.0
+    critic_heads: int = 0
+    """Q-value heads of the critic (an ensemble over the shared trunk, `model/network.py`
+    `Critic`); 0: no critic (imitation only). Set by the trainer from `TrainConfig.critic_heads`."""
 
     def __post_init__(self):
         if self.d_model % self.n_heads or self.d_entity % self.entity_heads:
             raise ValueError("widths must be divisible by their head counts")
+        if self.critic_heads < 0:
+            raise ValueError(f"critic_heads must be >= 0 (got {self.critic_heads})")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,6 +18,10 @@ compact (int16 tokens, float16 features); the network widens them on its device.
    move's facts, the gimmick variant shifted by a learned offset; a switch: that team member's
    mixed row), scored against the decision's vector. Illegal actions are masked to -inf.
    Value logit (sigmoid = win probability).
+4. Critic (`critic_heads` > 0, offline RL: `model/loss.py`): an ensemble of Q-value heads over
+   the action space from the same trunk, each a small MLP read plus a pointer term like the
+   policy's. Its slowly moving target (`critic_target`) is held by the trainer, outside the
+   module, and passed in: see `Critic`.
 """
 
 from __future__ import annotations
@@ -167,6 +171,67 @@ class DecisionEncoder(nn.Module):
         return self.out(mixed[:, 0]), actions
 
 
+CRITIC_WEIGHTS = ("hidden_w", "hidden_b", "read_w", "read_b", "point_w")
+"""The critic's parameter names, in the order of `Critic.weights()` and of a target's dict."""
+
+
+def critic_q(
+    hidden: torch.Tensor, actions: torch.Tensor, weights: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Q-values [B, K, E, A] of an ensemble of E heads, from decision vectors [B, K, d] and
+    action vectors [B, K, A, d]: per head, z = gelu(W1 h + b1), Q = R z + b + (action . P z)/sqrt(d).
+    One function for the online heads and the target's weights."""
+    z = torch.nn.functional.gelu(
+        torch.einsum("bkd,edf->bkef", hidden, weights["hidden_w"]) + weights["hidden_b"]
+    )
+    read = torch.einsum("bkef,efa->bkea", z, weights["read_w"]) + weights["read_b"]
+    point = torch.einsum("bkef,efg->bkeg", z, weights["point_w"])
+    pointer = torch.einsum("bkag,bkeg->bkea", actions, point) * hidden.shape[-1] ** -0.5
+    return read + pointer
+
+
+class Critic(nn.Module):
+    """E Q-value heads over the shared trunk, stacked in [E, ...] parameters (one einsum runs
+    them all).
+
+    The TD target needs a slowly moving copy of the heads. It is not a part of this module: the
+    trainer keeps it in fp32 (`train/critic_target.py`), updates it by Polyak averaging after
+    every optimizer step and saves it in every checkpoint, and passes it to `forward`. Kept out
+    of the module, the engine neither casts it to bf16 (where a Polyak step of 0.5% would round
+    away), nor partitions it under ZeRO-3, nor hands it to the optimizer. Only the heads have a
+    target: the trunk under them is the online one (its output detached), since a full target
+    network would double the weights of a 200M model and its gathers under ZeRO-3 every step."""
+
+    def __init__(self, heads: int, width: int):
+        super().__init__()
+        bound = width**-0.5  # nn.Linear's default range for fan-in `width`
+        self.hidden_w = nn.Parameter(torch.empty(heads, width, width).uniform_(-bound, bound))
+        self.hidden_b = nn.Parameter(torch.empty(heads, width).uniform_(-bound, bound))
+        self.read_w = nn.Parameter(torch.empty(heads, width, A.N_ACTIONS).uniform_(-bound, bound))
+        self.read_b = nn.Parameter(torch.empty(heads, A.N_ACTIONS).uniform_(-bound, bound))
+        self.point_w = nn.Parameter(torch.empty(heads, width, width).uniform_(-bound, bound))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in CRITIC_WEIGHTS}
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        actions: torch.Tensor,
+        target: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online Q [B, K, E, A] (with gradients into the trunk) and the target's Q (no
+        gradients, fp32, on the detached trunk output; the online heads' own values where no
+        target is given)."""
+        q = critic_q(hidden, actions, self.weights())
+        with torch.no_grad():
+            if target is None:
+                q_target = q.detach().float()
+            else:
+                q_target = critic_q(hidden.detach().float(), actions.detach().float(), target)
+        return q, q_target
+
+
 class PokeAgentNet(nn.Module):
     """The whole network; `forward(batch)` returns policy logits [B, K, A] and value logits [B, K]."""
 
@@ -181,8 +246,17 @@ class PokeAgentNet(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.policy = nn.Linear(cfg.d_model, A.N_ACTIONS)
         self.value = nn.Linear(cfg.d_model, 1)
+        # Built last: without a critic, the other weights draw the same random numbers as before.
+        self.critic = Critic(cfg.critic_heads, cfg.d_model) if cfg.critic_heads else None
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        critic: bool = False,
+        critic_target: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Policy logits [B, K, A] (illegal actions -inf) and value logits [B, K]; with `critic`,
+        also the critic's online and target Q-values [B, K, E, A] (`Critic.forward`)."""
         tokens = batch["tokens"].long()
         batch_size, window = tokens.shape[:2]
         if window > self.cfg.max_window:
@@ -205,7 +279,12 @@ class PokeAgentNet(nn.Module):
         hidden = self.norm(self.trajectory(hidden, mask=causal, is_causal=True))
         pointer = (actions @ hidden.unsqueeze(-1)).squeeze(-1) * self.cfg.d_model**-0.5
         logits = (self.policy(hidden) + pointer).masked_fill(~batch["legal"], float("-inf"))
-        return logits, self.value(hidden).squeeze(-1)
+        if not critic:
+            return logits, self.value(hidden).squeeze(-1)
+        if self.critic is None:
+            raise ValueError("this network has no critic (ModelConfig.critic_heads is 0)")
+        q, q_target = self.critic(hidden, actions, critic_target)
+        return logits, self.value(hidden).squeeze(-1), q, q_target
 
 
 def count_parameters(model: nn.Module) -> int:
