@@ -372,7 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--months", default=None, help="e.g. 2024-03,2024-06..2024-09 (or March2024)")
     dl.add_argument("--splits", default=None, help="dataset splits to keep, e.g. train")
     dl.add_argument("--workers", type=int, default=4, help="parallel file downloads")
-    dl.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    dl.add_argument(
+        "--revision",
+        default=None,
+        help="branch, tag or commit (default: v6 for metamon-raw, main for pokechamp)",
+    )
     dl.add_argument(
         "--cache-dir", default=None, help="raw file cache (default: $HF_HOME/pokeagent)"
     )

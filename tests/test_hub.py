@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_sources import metamon_upload_row
 
 from pokeagent.data import hub as hubmod
 from pokeagent.data import hub_fetch, hub_filter
@@ -45,15 +46,24 @@ class FakeHub:
         self.blobs: dict[str, bytes] = {}
         self.lock = threading.Lock()
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes], tags=("v1",)) -> str:
-        sha = hashlib.sha1(repo_id.encode() + b"".join(files[p] for p in sorted(files))).hexdigest()
+    def add_repo(
+        self, repo_id: str, files: dict[str, bytes], tags=("v1",), main: dict | None = None
+    ) -> str:
+        """A repo whose tags (and `main`) point at one commit holding `files`; with `main`
+        given, `main` has moved on to a later commit holding those files instead."""
+        commits = {}
+        for content in (files, main):
+            if content is not None:
+                blob = b"".join(content[p] for p in sorted(content))
+                commits[hashlib.sha1(repo_id.encode() + blob).hexdigest()] = content
+                for data in content.values():
+                    self.blobs[hashlib.sha256(data).hexdigest()] = data
+        sha, head = next(iter(commits)), list(commits)[-1]
         self.repos[repo_id] = {
-            "refs": {"main": sha, **{t: sha for t in tags}},
+            "refs": {"main": head, **{t: sha for t in tags}},
             "tags": list(tags),
-            "commits": {sha: files},
+            "commits": commits,
         }
-        for data in files.values():
-            self.blobs[hashlib.sha256(data).hexdigest()] = data
         return sha
 
     def count(self, kind: str) -> int:
@@ -292,13 +302,10 @@ def _records(shared_replays: Path) -> list[dict]:
     return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
 
 
-def _metamon_row(record: dict) -> dict:
-    """A Metamon raw row: the served replay shape (server logs converted to it)."""
+def _served(record: dict) -> dict:
+    """The served replay shape of a fixture (server logs converted to it)."""
     if isinstance(record["log"], str):  # a served replay already is one
-        rating = record.get("rating")
-        return {
-            k: record[k] for k in ("id", "format", "players", "log", "uploadtime", "formatid")
-        } | {"rating": "" if rating is None else str(rating)}
+        return record
     sides = [record.get("p1rating"), record.get("p2rating")]
     known = [s["rpr"] for s in sides if isinstance(s, dict)]
     return {
@@ -308,8 +315,32 @@ def _metamon_row(record: dict) -> dict:
         "log": "\n".join(record["log"]),
         "uploadtime": _js_date(record["timestamp"]),
         "formatid": record.get("formatid") or format_id(record["format"]),
-        "rating": str(min(known)) if known else "",
+        "rating": min(known) if known else None,
     }
+
+
+IMPORTED = "gen7challengecup1v1"
+"""Battles the Metamon stand-in holds as Metamon imported them from PokéChamp."""
+
+
+def _metamon_row(record: dict) -> dict:
+    """A Metamon raw row as its uploader writes it: strings, `"MISSING"` where absent.
+
+    The `IMPORTED` format's battles come as Metamon's PokéChamp importer wrote them: id
+    `<gamemode>-<number>`, `format`, `uploadtime` 0 (the date did not parse) and the log only
+    (with a `|t:|` line, as the replay site's logs have); one of them has lost its `format` too
+    (`None`), so only the log's `|tier|` names it.
+    """
+    served = _served(record)
+    if served["formatid"] == IMPORTED:
+        first, rest = served["log"].split("\n", 1)
+        served = {
+            "id": served["id"],
+            "format": None if served["id"].endswith("-9") else IMPORTED,
+            "uploadtime": 0,
+            "log": f"{first}\n|t:|{served['uploadtime']}\n{rest}",
+        }
+    return metamon_upload_row(served)
 
 
 BANDS = ["1000-1199", "1200-1399", "1400-1599", "1600-1799", "1800+", "<1000"]
@@ -317,14 +348,20 @@ MONTHS = ["January2024", "February2024", "March2024"]
 
 
 def _pokechamp_row(index: int, record: dict) -> dict:
-    row = _metamon_row(record)
+    """PokéChamp's shape: `battle_id` is the game number and a date, `904469859-2024-01-07`."""
+    row = _served(record)
+    number = row["id"].rsplit("-", 1)[1]
     return {
-        "battle_id": row["id"],
+        "battle_id": f"{number}-2024-0{index % 3 + 1}-{index % 28 + 1:02d}",
         "gamemode": row["formatid"],
         "elo": BANDS[index % len(BANDS)],
         "month_year": MONTHS[index % len(MONTHS)],
         "text": row["log"],
     }
+
+
+def _rows(data: bytes) -> list[dict]:
+    return pq.read_table(io.BytesIO(data)).to_pylist()
 
 
 def _parquet(rows: list[dict], row_group_size: int = 4) -> bytes:
@@ -338,29 +375,41 @@ README = b"---\nlicense: mit\n---\n# stand-in\n"
 
 @pytest.fixture
 def metamon(fake_hub, shared_replays):
-    """metamon-raw-replays: rows sorted by formatid over data/train-0000X-of-00003.parquet."""
+    """metamon-raw-replays at tag v6: rows sorted by formatid as stored ("MISSING" first) over
+    data/train-0000X-of-00003.parquet. `main` has moved on to a later commit (one more file)."""
     rows = sorted(
         (_metamon_row(r) for r in _records(shared_replays)), key=lambda r: (r["formatid"], r["id"])
     )
     files = {"README.md": README, ".gitattributes": b"*.parquet filter=lfs\n"}
     for i in range(3):
         files[f"data/train-{i:05d}-of-00003.parquet"] = _parquet(rows[i * 8 : (i + 1) * 8])
-    sha = fake_hub.add_repo("jakegrigsby/metamon-raw-replays", files, tags=("v5", "v6"))
+    later = {k: v for k, v in files.items() if not k.endswith("00002-of-00003.parquet")}
+    later["data/train-00002-of-00004.parquet"] = _parquet(rows[16:20])
+    later["data/train-00003-of-00004.parquet"] = _parquet(rows[20:])
+    sha = fake_hub.add_repo("jakegrigsby/metamon-raw-replays", files, tags=("v5", "v6"), main=later)
     return fake_hub, files, sha
 
 
 @pytest.fixture
 def pokechamp(fake_hub, shared_replays):
-    """pokechamp: data/train-*.parquet (2 files) and data/test-*.parquet (1 file)."""
-    rows = [_pokechamp_row(i, r) for i, r in enumerate(_records(shared_replays))]
+    """pokechamp: data/train-*.parquet (2 files) and data/test-*.parquet (1 file), the ladder
+    battles of the fixtures (PokéChamp has no tournament games)."""
+    records = [r for r in _records(shared_replays) if not r.get("id", "").startswith("smogtours")]
+    rows = [_pokechamp_row(i, r) for i, r in enumerate(records)]
+    assert len(rows) == 21
     files = {
         "README.md": README,
-        "data/train-00000-of-00002.parquet": _parquet(rows[:10]),
-        "data/train-00001-of-00002.parquet": _parquet(rows[10:20]),
-        "data/test-00000-of-00001.parquet": _parquet(rows[20:]),
+        "data/train-00000-of-00002.parquet": _parquet(rows[:9]),
+        "data/train-00001-of-00002.parquet": _parquet(rows[9:18]),
+        "data/test-00000-of-00001.parquet": _parquet(rows[18:]),
     }
     fake_hub.add_repo("milkkarten/pokechamp", files)
     return fake_hub, files, rows
+
+
+def _champ_id(row: dict) -> str:
+    """The id `sources` gives a PokéChamp row: the replay server's `<formatid>-<number>`."""
+    return f"{row['gamemode']}-{row['battle_id'].split('-')[0]}"
 
 
 def _write_all(files: dict[str, bytes], folder: Path) -> Path:
@@ -429,7 +478,7 @@ def test_pokechamp_months_splits_and_max_games(pokechamp, tmp_path):
         dataset="pokechamp", months=["2024-02"], splits=["train"], out=tmp_path / "a"
     )
     summary = download(cfg, progress=False)
-    expected = [r["battle_id"] for r in rows[:20] if r["month_year"] == "February2024"]
+    expected = [_champ_id(r) for r in rows[:18] if r["month_year"] == "February2024"]
     assert _output_ids(cfg.out) == expected and summary.games == len(expected) > 3
     assert summary.files["pruned by path (split)"] == 1  # test-00000-of-00001.parquet, never read
     assert all(
@@ -443,10 +492,52 @@ def test_pokechamp_months_splits_and_max_games(pokechamp, tmp_path):
     )
     summary = download(capped, progress=False)
     # Files in path order: data/test-* comes before data/train-*.
-    assert _output_ids(capped.out) == [r["battle_id"] for r in rows[20:23]]
+    assert _output_ids(capped.out) == [_champ_id(r) for r in rows[18:21]]
     assert [s["rows"] for s in summary.shards] == [2, 1]  # shard_rows splits the output
     assert summary.games_by_format and summary.games == 3
     assert summary.files["unneeded (max games)"] == 2  # both train files
+
+
+def test_placeholders_and_unknown_upload_times_keep_their_rows(metamon, tmp_path, shared_replays):
+    _, files, sha = metamon
+    rows = [r for p, d in files.items() if p.endswith(".parquet") for r in _rows(d)]
+    imported = [r for r in rows if r["formatid"] == "MISSING"]
+    assert len(imported) == 5 and {r["uploadtime"] for r in imported} == {"0"}
+    assert [r["format"] for r in imported].count("None") == 1
+    assert {r["players"] for r in imported} == {"MISSING"}
+    # May 2019 from the logs' |t:| lines: never 1970-01, never "missing" as a format.
+    cfg = DownloadConfig(
+        dataset="metamon-raw", formats=[IMPORTED], months=["2019-05"], out=tmp_path / "a"
+    )
+    summary = download(cfg, progress=False)
+    assert sorted(_output_ids(cfg.out)) == sorted(r["id"] for r in imported)
+    assert summary.games_by_format == {IMPORTED: {"unrated": 5}}
+    assert summary.revision == "v6" and summary.commit == sha  # the pinned tag, not main
+    epoch = download(
+        DownloadConfig(dataset="metamon-raw", months=["1970-01"], out=tmp_path / "b"),
+        progress=False,
+    )
+    assert epoch.games == 0 and epoch.filtered["month"] == 24
+    # The served replays' uploadtime is a string of digits: months filter on it too.
+    may = download(
+        DownloadConfig(dataset="metamon-raw", months=["2019-05"], out=tmp_path / "c"),
+        progress=False,
+    )
+    served = map(_served, _records(shared_replays))
+    in_may = [r for r in served if hub_filter.month_of(r["uploadtime"]) == "2019-05"]
+    assert may.games == len(in_may) >= 10  # 5 of them known by their |t:| line only
+
+
+def test_default_revision_is_the_pinned_tag(metamon, tmp_path):
+    hub, _, sha = metamon
+    assert hub.repos["jakegrigsby/metamon-raw-replays"]["refs"]["main"] != sha
+    pinned = download(DownloadConfig(dataset="metamon-raw", out=tmp_path / "a"), progress=False)
+    assert (pinned.revision, pinned.commit, pinned.files["listed"]) == ("v6", sha, 3)
+    moved = download(
+        DownloadConfig(dataset="metamon-raw", revision="main", out=tmp_path / "b"), progress=False
+    )
+    assert moved.commit != sha and moved.files["listed"] == 4 and moved.games == 24
+    assert DownloadConfig(dataset="pokechamp", out=tmp_path).revision == "main"
 
 
 def test_dropped_connection_resumes_and_a_rerun_fetches_nothing(metamon, tmp_path):
@@ -550,6 +641,31 @@ def test_output_packs_into_shards(metamon, tmp_path):
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert set(manifest["formats"]) == {"gen1ou", "gen7ubers", "gen9ubers"}
     assert sum(s["samples"] for s in manifest["shards"]["train"]) == 2 * packed.battles_packed
+
+
+def test_metamon_and_pokechamp_pack_each_battle_once(metamon, pokechamp, tmp_path):
+    from pokeagent.data.pack import PackConfig, pack
+    from pokeagent.data.shards import read_shard
+
+    outs = {}
+    for dataset in ("metamon-raw", "pokechamp"):
+        outs[dataset] = tmp_path / dataset
+        download(DownloadConfig(dataset=dataset, out=outs[dataset]), progress=False)
+    champ_ids = set(_output_ids(outs["pokechamp"]))
+    assert len(champ_ids) == 21 and champ_ids < set(_output_ids(outs["metamon-raw"]))
+
+    def packed(sources, out):
+        cfg = PackConfig(sources=[str(s / "replays") for s in sources], out=out, workers=1)
+        summary = pack(cfg, progress=False)
+        keys = [s["key"] for shard in sorted(out.glob("*.tar")) for s in read_shard(shard)]
+        assert len(keys) == len(set(keys))
+        return summary, set(keys)
+
+    both, keys = packed([outs["metamon-raw"], outs["pokechamp"]], tmp_path / "both")
+    alone, alone_keys = packed([outs["metamon-raw"]], tmp_path / "alone")
+    assert both.replays_read == 24 + 21 and both.skipped.pop("duplicate battle") == 21
+    assert both.skipped == alone.skipped and both.battles_packed == alone.battles_packed > 10
+    assert keys == alone_keys
 
 
 def test_token_is_sent_from_hf_token(metamon, tmp_path, monkeypatch):

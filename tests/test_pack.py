@@ -135,3 +135,52 @@ def test_changed_input_is_not_resumed(replay_file, tmp_path):
         more.write(replay_file.read_text().splitlines()[0] + "\n")
     with pytest.raises(ValueError, match="other settings"):
         pack(PackConfig(**cfg), progress=False)
+
+
+def test_battles_in_two_sources_are_packed_once_and_a_killed_pack_resumes(
+    replay_file, tmp_path, monkeypatch
+):
+    lines = replay_file.read_text().splitlines(keepends=True)
+    first = tmp_path / "a" / "replays.jsonl"  # 40 battles, all of them also in `second`
+    second = tmp_path / "b" / "replays.jsonl"  # 20 new battles, then the 40 (and the bad line)
+    for path, text in ((first, lines[:40]), (second, lines[40:] + lines[:40])):
+        path.parent.mkdir()
+        path.write_text("".join(text))
+    settings = dict(workers=2, shard_size=20_000, val_fraction=0.2, chunk=2)
+    alone = pack(PackConfig(sources=[str(second)], out=tmp_path / "alone", **settings), False)
+    reference = tmp_path / "reference"
+    both = pack(PackConfig(sources=[str(first), str(second)], out=reference, **settings), False)
+    assert both.skipped["duplicate battle"] == 40
+    assert both.battles_packed == alone.battles_packed and both.replays_read == 100
+    samples, single = _all_samples(reference), _all_samples(tmp_path / "alone")
+    assert set(samples) == set(single)  # each battle once, in the split of its id
+    assert {k: split for k, (split, _) in samples.items()} == {
+        k: split for k, (split, _) in single.items()
+    }
+    assert not (reference / "seen-ids.sqlite").exists()
+
+    # Killed while packing the second source's new battles: the rerun must still know the
+    # first source's ids (it rebuilds them while reading up to the saved position), since its
+    # copies of them come after that position.
+    import pokeagent.data.pack as packmod
+
+    write = packmod._SplitWriter.write
+
+    def dies_late(self, sample, position, decisions):
+        if position >= 55:
+            raise KeyboardInterrupt
+        write(self, sample, position, decisions)
+
+    out = tmp_path / "interrupted"
+    cfg = PackConfig(sources=[str(first), str(second)], out=out, **settings)
+    monkeypatch.setattr(packmod._SplitWriter, "write", dies_late)
+    with pytest.raises(KeyboardInterrupt):
+        pack(cfg, False)
+    monkeypatch.setattr(packmod._SplitWriter, "write", write)
+    resumed = pack(cfg, False)
+    assert 40 < resumed.resumed_from <= 55
+    assert resumed.skipped == both.skipped
+    produced = sorted(p.name for p in out.glob("*.tar"))
+    assert produced == sorted(p.name for p in reference.glob("*.tar"))
+    for name in produced:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name

@@ -43,10 +43,15 @@ POKECHAMP_SCHEMA = pa.schema(
 )
 
 
+def _pokechamp_id(record: dict) -> str:
+    """PokéChamp's `battle_id`: the game number, then the date (`904469859-2024-03-05`)."""
+    return f"{(record.get('id') or record['roomid']).rsplit('-', 1)[1]}-2024-03-05"
+
+
 def _pokechamp_table(records: list[dict], *, elo: list[str | None]) -> pa.Table:
     return pa.table(
         {
-            "battle_id": [r.get("id") or r.get("roomid") for r in records],
+            "battle_id": [_pokechamp_id(r) for r in records],
             "gamemode": [r.get("formatid") or r["format"] for r in records],
             "elo": elo,
             "month_year": ["2024-03"] * len(records),
@@ -236,16 +241,21 @@ def test_parquet_pokechamp_rows(shared_replays: Path, tmp_path: Path) -> None:
     pq.write_table(_pokechamp_table(records, elo=bands), path)
 
     replays = list(open_source(path))
+    # `<number>-<date>` ids become the replay server's `<formatid>-<number>`.
     assert [r.id for r in replays] == [
         "gen7ou-904469859",
         "gen9draft-2058494320",
-        "smogtours-gen1ou-733374",
-        "smogtours-gen2ou-672504",
-        "smogtours-gen9ou-733546",
+        "gen1ou-733374",
+        "gen2ou-672504",
+        "gen9ou-733546",
         "gen1ou-2",
     ]
     assert replays[0].format == "gen7ou" and replays[0].players == ("FullLifeGames", "Doc Main")
-    assert replays[0].extra == {"elo_band": "1400-1599", "month_year": "2024-03"}
+    assert replays[0].extra == {
+        "elo_band": "1400-1599",
+        "month_year": "2024-03",
+        "battle_id": "904469859-2024-03-05",
+    }
     assert [r.ratings for r in replays[:4]] == [
         {"p1": 1400, "p2": 1400},
         {"p1": 1800, "p2": 1800},
@@ -279,6 +289,82 @@ def test_parquet_metamon_rows(shared_replays: Path, tmp_path: Path) -> None:
     assert [r.players for r in replays] == [tuple(r["players"]) for r in records]
     assert replays[0].ratings == {"p1": 1650, "p2": 1650} and replays[1].ratings is None
     assert [r.winner for r in replays] == [winner_from_log(r["log"]) for r in records]
+
+
+METAMON_FIELDS = ("id", "format", "players", "log", "uploadtime", "formatid", "rating")
+
+
+def metamon_upload_row(record: dict) -> dict:
+    """A row as Metamon's uploader writes it (metamon/data/replay_dataset/raw_replays/
+    upload_to_hf.py): the seven fields only, each `str(value)`, `"MISSING"` where absent."""
+    return {k: str(record[k]) if k in record else "MISSING" for k in METAMON_FIELDS}
+
+
+def test_metamon_placeholders_are_absent_values(shared_replays: Path, tmp_path: Path) -> None:
+    human = {p.stem: _load(p) for p in sorted((shared_replays / "human").glob("*.json"))}
+    full = dict(human["gen7ou-904469859"], rating=1650)
+    # Imported from PokéChamp: no formatid, players or rating, a date that failed to parse.
+    imported = {
+        k: v for k, v in human["smogtours-gen9ou-733546"].items() if k in ("id", "log", "format")
+    } | {"id": "gen9ou-733546", "format": "None", "uploadtime": 0}
+    no_id = {k: v for k, v in human["smogtours-gen1ou-733374"].items() if k != "id"}
+    no_log = dict(human["smogtours-gen2ou-672504"], log=None)
+    negative = dict(human["gen9draft-2058494320"], uploadtime=-1, formatid="MISSING")
+    rows = [metamon_upload_row(r) for r in (full, imported, no_id, no_log, negative)]
+    assert rows[0]["players"] == "['FullLifeGames', 'Doc Main']" and rows[0]["rating"] == "1650"
+    assert rows[1]["formatid"] == "MISSING" and rows[1]["format"] == "None"
+    assert rows[1]["uploadtime"] == "0" and rows[3]["log"] == "None"
+    path = tmp_path / "metamon.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+    stats = SourceStats()
+    replays = list(iter_replays([path], stats=stats))
+    assert stats.skipped == {"no log": 1}
+    assert [r.id for r in replays] == [
+        "gen7ou-904469859",
+        "gen9ou-733546",
+        "metamon-2",  # the file name and row stand in for a missing id
+        "gen9draft-2058494320",
+    ]
+    assert [r.format for r in replays] == ["gen7ou", "gen9ou", "gen1ou", "gen9draft"]
+    assert replays[0].players == ("FullLifeGames", "Doc Main")
+    assert replays[0].ratings == {"p1": 1650, "p2": 1650} and replays[1].ratings is None
+    assert replays[0].uploadtime == 1557078294
+    # Upload time 0 or less is unknown: the log's first |t:| stands in (never 1970).
+    first_stamp = int(human["smogtours-gen9ou-733546"]["log"].split("|t:|")[1].split()[0])
+    assert replays[1].uploadtime == first_stamp
+    assert replays[3].uploadtime == int(
+        human["gen9draft-2058494320"]["log"].split("|t:|")[1].split()[0]
+    )
+    assert replays[2].extra == {"fallback_id": True} and "fallback_id" not in replays[0].extra
+
+    # A --formats filter judges the recovered format, not the placeholder.
+    kept = [r.id for r in iter_replays([path], formats=["gen9ou", "gen9draft"])]
+    assert kept == ["gen9ou-733546", "gen9draft-2058494320"]
+
+
+def test_pokechamp_ids_become_the_replay_servers(shared_replays: Path, tmp_path: Path) -> None:
+    record = _load(shared_replays / "human" / "smogtours-gen9ou-733546.json")
+    log = record["log"]
+    no_stamps = "\n".join(line for line in log.split("\n") if not line.startswith("|t:|"))
+    rows = [
+        {"battle_id": "733546-2023-12-03", "gamemode": "gen9ou", "text": log},
+        {"battle_id": "733547-2023-12-04", "gamemode": "MISSING", "text": no_stamps},
+        {"battle_id": "gen9ou-733548", "gamemode": "gen9ou", "text": log},  # already one
+        {"battle_id": "733549", "gamemode": "[Gen 9] OU", "text": log},
+    ]
+    path = tmp_path / "champ.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    replays = list(open_source(path))
+    assert [r.id for r in replays] == [
+        "gen9ou-733546",
+        "gen9ou-733547",  # the format from |tier|
+        "gen9ou-733548",
+        "gen9ou-733549",
+    ]
+    assert [r.extra["battle_id"] for r in replays] == [row["battle_id"] for row in rows]
+    # No |t:| line: the date in the id stands in for the upload time (that day, UTC).
+    assert replays[1].uploadtime == 1701648000
 
 
 def test_parquet_streams_in_batches(shared_replays: Path, tmp_path: Path, monkeypatch) -> None:

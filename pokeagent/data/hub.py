@@ -6,8 +6,9 @@
 
 What it does, in order:
 
-1. Resolves `--revision` (a branch, tag or commit; default `main`) to a commit and pins every
-   later request to that commit, so a run never mixes two versions of a dataset.
+1. Resolves `--revision` (a branch, tag or commit; default: the dataset's pinned revision,
+   `v6` for metamon-raw, `main` for pokechamp) to a commit and pins every later request to
+   that commit, so a run never mixes two versions of a dataset.
 2. Lists the repository's files (`HfApi.list_repo_tree`, recursive) and keeps the parquet
    files. A file whose *path* names a format (`gen9ou`), a month (`2024-03`, `March2024`) or a
    split (`train-00000-of-00046.parquet`, `test/`) outside the filters is left out unread.
@@ -31,19 +32,32 @@ This module holds the settings, the summary and the run; `hub_fetch` the Hub sid
 the footer requests of 3, and 4) and `hub_filter` what is kept (the path and footer pruning of
 2-3, and 5).
 
-What we assumed about the real layouts (checked against public code that reads them,
-2025-2026; a changed layout degrades to "download more", never to wrong rows):
+What the real datasets look like. Confirmed from public code that reads or writes them
+(Metamon's uploader `metamon/data/replay_dataset/raw_replays/upload_to_hf.py`, its downloader
+`metamon/download.py` and `metamon/data/raw_replay_util.py`, its PokéChamp importer
+`raw_replays/pull_from_pokechamp.py`, PokéChamp's and third-party loaders), and assumed where
+said; a changed layout degrades to "download more" or a named skip, never to wrong rows:
 
-- `jakegrigsby/metamon-raw-replays`: git tags per release (`v1` ... `v6`), data in
-  `data/train-XXXXX-of-000NN.parquet` (46 files, ~5.7 GB at v6) with columns `id, format,
-  players, log, uploadtime, formatid, rating` (`rating` a string that may be empty). Paths
-  carry no format, but rows are grouped by format (e.g. all gen1 rows in 3 files), so the
-  footer statistics of `formatid` prune most files for a few formats. Months come from
-  `uploadtime` (Unix seconds, UTC).
-- `milkkarten/pokechamp`: `data/train-*.parquet` and `data/test-*.parquet` with columns
-  `battle_id, gamemode, elo, month_year, text`; `elo` a band ("1400-1599", "1800+"),
-  `month_year` like "March2025". Rows are not known to be sorted, so footer pruning may rule
-  out little: expect to download most of it (a few GB) for any filter except `--splits`.
+- `jakegrigsby/metamon-raw-replays` (confirmed): parquet under `data/`, columns `id, format,
+  players, log, uploadtime, formatid, rating`; git tags per release, and Metamon's own
+  downloader pins `v6` (`LATEST_RAW_REPLAY_REVISION`), so that is the default here (`main` may
+  move on). The uploader writes every value as `str(value)` (`players` as `"['a', 'b']"`,
+  `uploadtime` as digits, a null as `"None"`) and a field the replay lacked as `"MISSING"`;
+  `pokeagent.data.sources` reads those placeholders as absent and falls back (format from
+  `format`, `|tier|` or the id; upload time from `|t:|`). Rows Metamon imported from PokéChamp
+  carry `id = <formatid>-<number>`, `format` and `uploadtime` only, the upload time 0 where the
+  date did not parse. Assumed: 46 files (~5.7 GB) at `v6`, rows grouped by format (e.g. all
+  gen1 rows in 3 files), so footer statistics prune most files for a few formats (a string
+  column with placeholders among its values prunes less, never wrongly).
+- `milkkarten/pokechamp` (confirmed): `data/train-*.parquet` and `data/test-*.parquet` with
+  columns `battle_id, gamemode, elo, month_year, text`; `battle_id` the game number then the
+  date (`2058494320-2024-09-15`), which `sources` turns into the replay server's
+  `gen9ou-2058494320` as Metamon does (its battles are mostly also in Metamon's set: `pack`
+  keeps one copy); `elo` a band ("1400-1599", "1800+"), `month_year` like "March2025".
+  Sizes (the dataset card): 1.9M train and 213K test rows. Assumed: no release tags (the
+  default revision is `main`; the summary records the commit it resolved to); rows not sorted,
+  so footer pruning may rule out little: expect to download most of it (a few GB) for any
+  filter except `--splits`.
 - Both: LFS files served by `GET {endpoint}/datasets/{repo}/resolve/{commit}/{path}`, which
   may redirect to a CDN that honours `Range`; the tree listing gives each file's size and
   sha256. `HF_ENDPOINT` (mirrors), `HF_TOKEN` (gated/private copies) and `HF_HOME` (cache
@@ -89,11 +103,13 @@ class HubDataset:
     """Column holding the format id (`gen9ou`)."""
     month_column: str
     """Column the month of a battle comes from: a month string or Unix seconds."""
+    revision: str
+    """Revision downloaded when `--revision` is not given: the release its own tools use."""
 
 
 DATASETS = {
-    "pokechamp": HubDataset("milkkarten/pokechamp", "gamemode", "month_year"),
-    "metamon-raw": HubDataset("jakegrigsby/metamon-raw-replays", "formatid", "uploadtime"),
+    "pokechamp": HubDataset("milkkarten/pokechamp", "gamemode", "month_year", "main"),
+    "metamon-raw": HubDataset("jakegrigsby/metamon-raw-replays", "formatid", "uploadtime", "v6"),
 }
 
 
@@ -118,7 +134,8 @@ class DownloadConfig:
     workers: int = 4
     """Files downloaded at the same time."""
     revision: str | None = None
-    """Branch, tag or commit of the dataset; None: `main`."""
+    """Branch, tag or commit of the dataset; None: the dataset's pinned one (`HubDataset.revision`:
+    `v6` for metamon-raw, `main` for pokechamp)."""
     cache_dir: Path | None = None
     """Raw file cache; None: `$HF_HOME/pokeagent` (HF_HOME read at run time)."""
     endpoint: str | None = None
@@ -138,6 +155,8 @@ class DownloadConfig:
                 f"unknown dataset {self.dataset!r}: choose one of {', '.join(sorted(DATASETS))}"
                 f" ({', '.join(spec.repo_id for spec in DATASETS.values())})"
             )
+        if self.revision is None:
+            self.revision = self.spec.revision
         self.out = Path(self.out)
         self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else None
         if self.formats is not None:
@@ -227,7 +246,7 @@ def download(cfg: DownloadConfig, *, progress: bool = True) -> DownloadSummary:
     summary = DownloadSummary(
         dataset=cfg.dataset,
         repo_id=cfg.spec.repo_id,
-        revision=cfg.revision or "main",
+        revision=cfg.revision,
         filters=cfg.filters(),
     )
     hub = HubRepo(cfg, summary.bytes)

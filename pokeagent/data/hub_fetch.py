@@ -95,10 +95,15 @@ class HubRepo:
         try:
             return fn()
         except RevisionNotFoundError:
+            pinned = self.cfg.spec.revision
             raise HubError(
                 f"revision {self.cfg.revision!r} does not exist in dataset {self.repo_id}"
-                f"{self._refs_hint()}: pass an existing branch, tag or commit to --revision, "
-                "or leave --revision out for main"
+                f"{self._refs_hint()}: pass an existing branch, tag or commit to --revision"
+                + (
+                    f", or leave --revision out for {pinned}"
+                    if self.cfg.revision != pinned
+                    else f" ({pinned} is the default)"
+                )
             ) from None
         except (RepositoryNotFoundError, GatedRepoError):
             raise HubError(

@@ -24,7 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pokeagent.data.sources import BadRecord, filter_reason, format_id, replay_from_record
+from pokeagent.data.sources import (
+    BadRecord,
+    filter_reason,
+    format_id,
+    is_placeholder,
+    replay_from_record,
+)
 
 if TYPE_CHECKING:
     from pokeagent.data.hub import DownloadConfig, DownloadSummary, HubDataset
@@ -46,10 +52,15 @@ _ID_LIKE = re.compile(r"[a-z0-9]+")
 
 
 def month_of(value: object) -> str | None:
-    """A month as `YYYY-MM`: from Unix seconds, `2024-03`, `March2024`, `Mar-2024`; else None."""
+    """A month as `YYYY-MM`: from Unix seconds, `2024-03`, `March2024`, `Mar-2024`; else None.
+
+    Seconds of 0 or less are unknown (a date that failed to parse upstream), never 1970-01.
+    """
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
+        if not value > 0:
+            return None
         try:
             return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m")
         except (OverflowError, OSError, ValueError):
@@ -182,6 +193,8 @@ def _format_in(fmt: str, low: object, high: object) -> bool:
 
 def _month_in(month: str, low: object, high: object) -> bool:
     if isinstance(low, int) and isinstance(high, int) and not isinstance(low, bool):
+        if low <= 0:  # unknown upload times: their month comes from the log, so maybe
+            return True
         start, end = _month_bounds(month)
         return low < end and high >= start
     if not (isinstance(low, str) and isinstance(high, str)):
@@ -244,12 +257,16 @@ class RowFilter:
                     if spec.month_column in names
                     else [None] * table.num_rows
                 )
-                candidates = []  # rows of the group that the cheap columns do not rule out
+                # Rows of the group that the cheap columns do not rule out. A placeholder
+                # ("MISSING", "None") or an unknown month rules out nothing: the full row is
+                # judged (format from `format`, `|tier|` or the id; month from `|t:|`).
+                candidates = []
                 for row, (fmt, month) in enumerate(zip(fmts, months, strict=True)):
-                    fid = format_id(fmt) if isinstance(fmt, str) else ""
+                    fid = format_id(fmt) if isinstance(fmt, str) and not is_placeholder(fmt) else ""
+                    known_month = month_of(month)
                     if cfg.formats is not None and fid and fid not in cfg.formats:
                         summary.filtered["format"] += 1
-                    elif cfg.months is not None and month_of(month) not in cfg.months:
+                    elif cfg.months is not None and known_month not in (None, *cfg.months):
                         summary.filtered["month"] += 1
                     else:
                         candidates.append(row)
@@ -305,6 +322,14 @@ def _judge(record: dict, where: str, cfg: DownloadConfig) -> tuple[str, str, str
     reason = filter_reason(replay, cfg.formats, cfg.min_rating)
     if reason:
         return reason, "", ""
+    if cfg.months is not None:
+        month = month_of(record.get(cfg.spec.month_column))
+        if month is None:  # the column did not say: the upload time the row was read with
+            month = month_of(replay.uploadtime)
+        if month is None:
+            return "month unknown", "", ""
+        if month not in cfg.months:
+            return "month", "", ""
     return "", rating_band(replay.ratings, replay.extra.get("elo_band")), replay.format
 
 

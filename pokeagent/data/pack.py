@@ -9,6 +9,12 @@ Interruptible and resumable: a shard is written as `<name>.tar.tmp` and renamed 
 `pack-state.json` records, whenever shards complete, the position in the (deterministic) input
 stream that they cover up to. A rerun with the same settings reads past that position without
 parsing and rewrites the open shards from it: no shard is redone, no sample duplicated or lost.
+
+One copy per battle: the sources are read in the order given, and a battle whose id was already
+read (the same battle from another source, e.g. PokéChamp's copy of a Metamon battle, both
+`<formatid>-<number>` once `sources` has read them) is skipped as 'duplicate battle'. So the
+split, a hash of the id, is by battle, never by copy. Records without an id of their own (named
+after their file and line) are never taken for duplicates. See `SeenIds` for how.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import webdataset as wds
 from tqdm import tqdm
@@ -35,6 +43,9 @@ from pokeagent.data.sources import SourceStats, iter_replays
 SPLITS = ("train", "val")
 STATE_FILE = "pack-state.json"
 MANIFEST_FILE = "manifest.json"
+SEEN_FILE = "seen-ids.sqlite"
+DUPLICATE = "duplicate battle"
+"""Skip reason of a battle whose id an earlier replay of the input already had."""
 RATING_BANDS = (0, 1000, 1200, 1400, 1600, 1800, 2000)
 
 
@@ -177,12 +188,57 @@ class PackSummary:
         )
 
 
+class SeenIds:
+    """The battle ids a pack has read, to keep one copy of each battle: an SQLite table of whole
+    ids in the output folder (`seen-ids.sqlite`, removed when the pack completes).
+
+    Why this structure: the check is exact (whole ids, no hash that could merge two battles);
+    memory is SQLite's page cache, `CACHE_KIB` whatever the number of battles (a Python set of
+    ids would need ~100 MB per million battles, in the one process that must never run out);
+    the disk holds ~25 bytes per battle (~50 MB for 2M); lookups run at ~150k/s on one core,
+    several times what 32 parse workers consume. No locking (`unix-none`: one writer, and
+    network file systems' locks are unreliable), no journal: it is a scratch file.
+
+    Resumable by construction: it is rebuilt on every run. A resumed pack re-reads its input
+    from the start anyway (without parsing up to the saved position) and adds every id again
+    in the same order, so at the resume position the table holds exactly what the interrupted
+    run's did, whatever moment the kill came at.
+    """
+
+    CACHE_KIB = 16 * 1024
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.unlink(missing_ok=True)
+        uri = f"file:{quote(str(path))}" + ("?vfs=unix-none" if os.name == "posix" else "")
+        # Filled by the pool's task thread, which reads the input; closed by the main thread.
+        self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", f"cache_size=-{self.CACHE_KIB}"):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self.db.execute("BEGIN")  # never committed: the file is thrown away
+        self.insert = self.db.cursor()
+
+    def add(self, battle_id: str) -> bool:
+        """Record `battle_id`; False when it was already there."""
+        self.insert.execute("INSERT OR IGNORE INTO seen VALUES (?)", (battle_id,))
+        return self.insert.rowcount == 1
+
+    def close(self) -> None:
+        self.db.close()
+        self.path.unlink(missing_ok=True)
+
+
 def _work(
-    chunk: list[tuple[int, Replay]], val_fraction: float
+    chunk: list[tuple[int, Replay | None]], val_fraction: float
 ) -> list[tuple[int, str | None, str, list[tuple[dict, int]], dict]]:
-    """Worker: parse + encode a chunk; per replay (position, skip reason, split, samples, facts)."""
+    """Worker: parse + encode a chunk; per replay (position, skip reason, split, samples, facts).
+    A replay given as None is a duplicate of an earlier one."""
     results = []
     for position, replay in chunk:
+        if replay is None:
+            results.append((position, DUPLICATE, "train", [], {}))
+            continue
         split = split_of(replay.id, val_fraction)
         try:
             trajectories = parse_replay(replay, encoder=encode)
@@ -203,12 +259,17 @@ def _work(
     return results
 
 
-def _chunks(replays: Iterator[Replay], size: int, start: int) -> Iterator[list[tuple[int, Replay]]]:
-    chunk = []
+def _chunks(
+    replays: Iterator[Replay], size: int, start: int, seen: SeenIds
+) -> Iterator[list[tuple[int, Replay | None]]]:
+    """Chunks of (position, replay) from `start` on, a duplicate's replay replaced by None.
+    Every id goes into `seen`, those before `start` too (see `SeenIds`)."""
+    chunk: list[tuple[int, Replay | None]] = []
     for position, replay in enumerate(replays):
+        first = bool(replay.extra.get("fallback_id")) or seen.add(replay.id)
         if position < start:
             continue
-        chunk.append((position, replay))
+        chunk.append((position, replay if first else None))
         if len(chunk) == size:
             yield chunk
             chunk = []
@@ -292,18 +353,22 @@ def pack(cfg: PackConfig, progress: bool = True) -> PackSummary:
     end = resume_at
     bar = tqdm(desc="pack", unit="replay", disable=not progress, initial=resume_at)
     context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    with context.Pool(cfg.workers) as pool:
-        work = functools.partial(_work, val_fraction=cfg.val_fraction)
-        for results in pool.imap(work, _chunks(replays, cfg.chunk, resume_at)):
-            for position, reason, split, samples, info in results:
-                end = position + 1
-                pending.append((reason, info))
-                for sample, decisions in samples:
-                    writers[split].write(sample, position, decisions)
-                # Shards end at replay boundaries: a battle's two samples stay together.
-                if any(w.size >= cfg.shard_size for w in writers.values()):
-                    save(position + 1)
-            bar.update(len(results))
+    seen = SeenIds(cfg.out / SEEN_FILE)
+    try:
+        with context.Pool(cfg.workers) as pool:
+            work = functools.partial(_work, val_fraction=cfg.val_fraction)
+            for results in pool.imap(work, _chunks(replays, cfg.chunk, resume_at, seen)):
+                for position, reason, split, samples, info in results:
+                    end = position + 1
+                    pending.append((reason, info))
+                    for sample, decisions in samples:
+                        writers[split].write(sample, position, decisions)
+                    # Shards end at replay boundaries: a battle's two samples stay together.
+                    if any(w.size >= cfg.shard_size for w in writers.values()):
+                        save(position + 1)
+                bar.update(len(results))
+    finally:
+        seen.close()
     bar.close()
     save(end, complete=False)
     summary = PackSummary(

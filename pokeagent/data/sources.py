@@ -3,13 +3,28 @@
 Shapes (DESIGN.md, "Contracts between stages"), all mapped by `replay_from_record`:
 
 - served replay JSON (`<id>.json` from the replay site) and Metamon raw rows: `id, format,
-  formatid, players, log (text), uploadtime, rating`;
+  formatid, players, log (text), uploadtime, rating`. Metamon's uploader writes every field as
+  a string (`str(value)`: a list of players as `"['a', 'b']"`, a null as `"None"`) and a
+  field the replay lacked as `"MISSING"`;
 - server battle logs (`.log.json`): `p1, p2, log (a list of lines), p1rating, p2rating,
   winner, roomid (or id in older servers), inputLog, p1team, p2team, ...`;
-- PokéChamp rows: `battle_id, gamemode, elo (a band, "1400-1599"), month_year, text (the log)`;
+- PokéChamp rows: `battle_id, gamemode, elo (a band, "1400-1599"), month_year, text (the log)`,
+  where `battle_id` is the game number then a date (`2058494320-2024-09-15`);
 - raw protocol text (`.log`, `.txt`);
 - JSONL and JSONL.gz holding any of the JSON shapes, one a line; parquet with PokéChamp or
   Metamon columns; folders of any of these (recursive, sorted).
+
+Absent values: `None`, and the placeholders `"MISSING"`, `"None"` and `""` (after stripping),
+are one and the same "not known", whatever field they sit in. Each field then falls back:
+the format to `format`, then the log's `|tier|`, then the id (`gen9ou-123`); the players to the
+log's `|player|` lines; the upload time (also when it is 0 or negative, a failed date parse
+upstream) to the log's first `|t:|`, then the date in a PokéChamp id; the id to the file name
+and row (marked `extra["fallback_id"]`, which `pack` does not deduplicate by).
+
+One id per battle across sources: a PokéChamp id `<number>-<date>` becomes the replay server's
+`<formatid>-<number>` (the id Metamon's and the replay site's rows carry for the same battle,
+and the one Metamon itself rebuilds to deduplicate when it imports PokéChamp), the raw value
+kept in `extra["battle_id"]`. `pokeagent pack` keeps the first copy of each id.
 
 Memory is one record (or one parquet batch) at a time, whatever the number of rows. Bad input
 never stops a run: each unreadable file, line or row is skipped, counted by reason in
@@ -19,6 +34,7 @@ one broken dump can hold millions of bad lines).
 
 from __future__ import annotations
 
+import ast
 import errno
 import gzip
 import json
@@ -30,7 +46,7 @@ import zlib
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -60,6 +76,11 @@ _TIER_LINE = re.compile(r"^\|tier\|(.*)$", re.MULTILINE)
 _TIME_LINE = re.compile(r"^\|t:\|(\d+)", re.MULTILINE)
 _FORMAT_IN_NAME = re.compile(r"gen\d+[a-z0-9]*")
 _ELO_BAND = re.compile(r"\s*(\d+)\s*(?:[-–]\s*\d*|\+)?\s*$")
+_NUMBERED_ID = re.compile(r"^(\d+)(?:-(.*))?$")
+"""PokéChamp's `battle_id`: the game number, then (usually) the date, `2058494320-2024-09-15`."""
+PLACEHOLDERS = frozenset({"MISSING", "None", ""})
+"""Strings that stand for "no value": Metamon's uploader writes `"MISSING"` for an absent field
+and `str(None)` for a null one."""
 
 
 @dataclass
@@ -104,23 +125,31 @@ def format_id(name: str) -> str:
 def replay_from_record(record: object, *, source: str = "", default_id: str = "") -> Replay:
     """A served replay / Metamon row, server log or PokéChamp row (a dict) -> Replay.
 
-    The shape is told by its keys. `default_id` names records that carry no id (raw files
-    use their stem). Raises `BadRecord` with a short reason when the record is unusable.
+    The shape is told by its keys; then placeholder values (`PLACEHOLDERS`) count as absent.
+    `default_id` names records that carry no id (raw files use their stem). Raises `BadRecord`
+    with a short reason when the record is unusable.
     """
     if not isinstance(record, dict):
         raise BadRecord("not a JSON object")
+    given = {key: value for key, value in record.items() if not is_placeholder(value)}
     if "battle_id" in record or "text" in record:
-        return _from_pokechamp(record, source, default_id)
+        return _from_pokechamp(given, source, default_id)
     if isinstance(record.get("log"), list) or "inputLog" in record or "p1rating" in record:
-        return _from_server_log(record, source, default_id)
+        return _from_server_log(given, source, default_id)
     if "log" in record or "players" in record:
-        return _from_served(record, source, default_id)
+        return _from_served(given, source, default_id)
     raise BadRecord("unknown shape")
+
+
+def is_placeholder(value: object) -> bool:
+    """True for None and the strings that stand for no value (`"MISSING"`, `"None"`, `""`)."""
+    return value is None or (isinstance(value, str) and value.strip() in PLACEHOLDERS)
 
 
 def _from_served(rec: dict, source: str, default_id: str) -> Replay:
     return _build(
-        rid=_battle_id(rec.get("id")) or default_id,
+        rid=_battle_id(rec.get("id")),
+        default_id=default_id,
         fmt=rec.get("formatid") or rec.get("format"),
         # Older replay JSON had `p1`, `p2` instead of `players`.
         players=rec.get("players") or [rec.get("p1"), rec.get("p2")],
@@ -141,7 +170,8 @@ def _from_server_log(rec: dict, source: str, default_id: str) -> Replay:
         log = "\n".join(log)
     return _build(
         # Servers since ~2020 write `roomid`; older ones (the 2019 fixtures) `id`.
-        rid=_battle_id(rec.get("roomid") or rec.get("id")) or default_id,
+        rid=_battle_id(rec.get("roomid") or rec.get("id")),
+        default_id=default_id,
         fmt=rec.get("formatid") or rec.get("format"),
         players=[rec.get("p1"), rec.get("p2")],
         log=log,
@@ -157,9 +187,12 @@ def _from_server_log(rec: dict, source: str, default_id: str) -> Replay:
 
 def _from_pokechamp(rec: dict, source: str, default_id: str) -> Replay:
     band = rec.get("elo")
-    extra = {"elo_band": band, "month_year": rec.get("month_year")}
+    raw_id = _battle_id(rec.get("battle_id"))
+    extra = {"elo_band": band, "month_year": rec.get("month_year"), "battle_id": raw_id or None}
     return _build(
-        rid=_battle_id(rec.get("battle_id")) or default_id,
+        rid=raw_id,
+        default_id=default_id,
+        numbered_id=True,
         fmt=rec.get("gamemode"),
         players=None,  # PokéChamp keeps names only in the log's |player| lines
         log=rec.get("text"),
@@ -172,6 +205,8 @@ def _from_pokechamp(rec: dict, source: str, default_id: str) -> Replay:
 def _build(
     *,
     rid: str,
+    default_id: str,
+    numbered_id: bool = False,
     fmt: object,
     players: object,
     log: object,
@@ -183,27 +218,41 @@ def _build(
     extra: dict | None = None,
     teams: object = None,
 ) -> Replay:
-    """The checks and fallbacks every shape shares."""
+    """The checks and fallbacks every shape shares (placeholders already removed).
+
+    `numbered_id`: `rid` may be PokéChamp's `<number>-<date>`, rewritten `<formatid>-<number>`.
+    """
     if log is None or log == "":
         raise BadRecord("no log")
     if not isinstance(log, str):
         raise BadRecord("bad log")
     if not (log.startswith("|") or "\n|" in log):
         raise BadRecord("not a protocol log")
+    numbered = _NUMBERED_ID.match(rid) if numbered_id else None
     fid = format_id(fmt) if isinstance(fmt, str) else ""
     if not fid and (tier := _TIER_LINE.search(log)):
         fid = format_id(tier.group(1))
-    if not fid and (named := _FORMAT_IN_NAME.search(rid.lower())):
+    if not fid and (named := _FORMAT_IN_NAME.search((rid or default_id).lower())):
         fid = named.group(0)
     if not fid:
         raise BadRecord("no format")
+    extra = dict(extra or {})
+    if numbered:
+        rid = f"{fid}-{numbered.group(1)}"
+    elif not rid and default_id:
+        rid = default_id
+        extra["fallback_id"] = True
     if not rid:
         raise BadRecord("no id")
     names = _two_names(players) or players_from_log(log)
     if names is None:
         raise BadRecord("no players")
+    if uploadtime is not None and uploadtime <= 0:
+        uploadtime = None  # 0 or less: a date that failed to parse upstream, not 1970
     if uploadtime is None and (stamp := _TIME_LINE.search(log)):
-        uploadtime = int(stamp.group(1))
+        uploadtime = int(stamp.group(1)) or None
+    if uploadtime is None and numbered and numbered.group(2):
+        uploadtime = _iso_date(numbered.group(2))
     replay = Replay(
         id=rid,
         format=fid,
@@ -214,7 +263,7 @@ def _build(
         winner=winner_from_log(log),
         source=source,
         uploadtime=uploadtime,
-        extra=extra or {},
+        extra=extra,
         teams=own_teams(teams),
     )
     # The record's winner only where the log has no result: a `|tie` in the log stays a tie.
@@ -229,6 +278,11 @@ def _battle_id(value: object) -> str:
 
 
 def _two_names(players: object) -> tuple[str, str] | None:
+    if isinstance(players, str) and players.lstrip().startswith("["):
+        try:  # Metamon's rows hold `str(list)`: "['name a', 'name b']"
+            players = ast.literal_eval(players)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
     if (
         isinstance(players, (list, tuple))
         and len(players) == 2
@@ -275,6 +329,15 @@ def _merge_ratings(
         known = [src[side] for src in per_side if src and src.get(side) is not None]
         merged[side] = known[0] if known else shared
     return merged if any(v is not None for v in merged.values()) else None
+
+
+def _iso_date(text: str) -> int | None:
+    """`2024-09-15` -> Unix time of that day's start (UTC); None when it is not such a date."""
+    try:
+        when = datetime.strptime(text.strip(), "%Y-%m-%d").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return int(when.timestamp())
 
 
 def _js_date(value: object) -> int | None:
@@ -364,6 +427,7 @@ def _read_log(path: Path) -> Iterator[Replay | _Skip]:
     try:
         yield _build(
             rid=_stem(path),
+            default_id="",
             fmt=None,
             players=None,
             log=text.replace("\r\n", "\n"),
