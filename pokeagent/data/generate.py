@@ -31,8 +31,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
+from pokeagent.progress import progress as progress_bar
 from pokeagent.showdown import simtool
 from pokeagent.showdown.install import install
 
@@ -250,7 +249,9 @@ def _generate_in_simulator(cfg: GenerateConfig, package: Path, progress: bool) -
         names=names,
         processes=cfg.concurrency,
     )
-    with tqdm(total=cfg.battles, desc="battles", unit="battle", disable=not progress) as bar:
+    with progress_bar(
+        total=cfg.battles, desc="battles", unit="battle", disable=not progress
+    ) as bar:
         for record in records:
             writer.write(record)
             bar.update(1)
@@ -285,7 +286,9 @@ def _generate_on_server(cfg: GenerateConfig, package: Path, progress: bool) -> G
     writer.summary.timed_out = played.timed_out
     writer.summary.agent_errors = played.agent_errors
     writer.summary.failed.update(played.failed)
-    with tqdm(total=len(items), desc="ground truth", unit="battle", disable=not progress) as bar:
+    with progress_bar(
+        total=len(items), desc="ground truth", unit="battle", disable=not progress
+    ) as bar:
         for record in simtool.replay_input_logs(package, items):
             # Same simulator version, same seed and choices: the re-run must end as the server's did.
             if "error" not in record and record["winner"] != server_winners[record["id"]]:
@@ -355,7 +358,7 @@ async def _play_all(cfg: GenerateConfig, server, progress: bool) -> _Played:
     labels = player_labels(cfg.players)
     played = _Played()
     pending = list(range(cfg.battles))
-    bar = tqdm(total=cfg.battles, desc="battles", unit="battle", disable=not progress)
+    bar = progress_bar(total=cfg.battles, desc="battles", unit="battle", disable=not progress)
 
     def new_pair(worker: int):
         pair = []

@@ -75,8 +75,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pokeagent.data.hub_fetch import HubError, HubFile, HubRepo
 from pokeagent.data.hub_filter import (
     RowFilter,
@@ -86,6 +84,7 @@ from pokeagent.data.hub_filter import (
     stats_rule_out,
 )
 from pokeagent.data.sources import format_id
+from pokeagent.progress import progress as progress_bar
 
 SUMMARY_FILE = "summary.json"
 REPLAYS_DIR = "replays"
@@ -323,7 +322,7 @@ def _select(
         footers = pool.map(hub.footer, kept)
         ruled_out = [
             stats_rule_out(metadata, cfg.spec, cfg)
-            for metadata in tqdm(
+            for metadata in progress_bar(
                 footers, total=len(kept), desc="footers", unit="file", disable=not progress
             )
         ]
@@ -371,7 +370,7 @@ def _run(
     writer = ShardWriter(folder, stem, cfg.shard_rows)
     reused = {f.path for f in files if hub.cached(f)}
     to_fetch = sum(f.size for f in files if f.path not in reused)
-    bar = tqdm(
+    bar = progress_bar(
         total=to_fetch,
         desc="download",
         unit="B",
@@ -379,7 +378,7 @@ def _run(
         unit_divisor=1024,
         disable=not progress,
     )
-    games_bar = tqdm(desc="kept", unit=" games", disable=not progress)
+    games_bar = progress_bar(desc="kept", unit=" games", disable=not progress)
     rows = RowFilter(cfg, summary, f"{hub.repo_id}@{hub.commit[:10]}", writer, games_bar)
     pool = ThreadPoolExecutor(cfg.workers)
     futures: list[Future] = [

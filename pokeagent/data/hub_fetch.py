@@ -34,10 +34,10 @@ from huggingface_hub.utils import (
     get_session,
     hf_raise_for_status,
 )
-from tqdm import tqdm
 
 if TYPE_CHECKING:
     from pokeagent.data.hub import DownloadConfig
+    from pokeagent.progress import Progress
 
 FOOTER_PROBE = 64 * 1024
 """Bytes read from the end of a parquet file to find its footer (one more request if bigger)."""
@@ -243,7 +243,7 @@ class HubRepo:
         os.replace(tmp, saved)
         return _footer_metadata(footer)
 
-    def fetch(self, file: HubFile, progress: tqdm) -> Path:
+    def fetch(self, file: HubFile, progress: Progress) -> Path:
         """Download one file into the blob cache, resuming a `.part` left by an earlier try.
 
         A file lock keeps two processes sharing the cache (an array job) off the same `.part`.
@@ -255,7 +255,7 @@ class HubRepo:
                 return blob
             return self._fetch(file, blob, progress)
 
-    def _fetch(self, file: HubFile, blob: Path, progress: tqdm) -> Path:
+    def _fetch(self, file: HubFile, blob: Path, progress: Progress) -> Path:
         part = blob.with_name(blob.name + ".part")
         have = part.stat().st_size if part.exists() else 0
         if have > file.size:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from pokeagent.data.sources import (
     BadRecord,
@@ -35,6 +34,7 @@ from pokeagent.data.sources import (
 if TYPE_CHECKING:
     from pokeagent.data.hub import DownloadConfig, DownloadSummary, HubDataset
     from pokeagent.data.hub_fetch import HubFile
+    from pokeagent.progress import Progress
 
 BATCH_ROWS = 1024
 """Parquet rows decoded at a time while filtering (a few tens of MB of logs)."""
@@ -222,7 +222,7 @@ class RowFilter:
         summary: DownloadSummary,
         source: str,
         writer: ShardWriter,
-        games_bar: tqdm,
+        games_bar: Progress,
     ):
         self.cfg, self.summary, self.writer, self.games_bar = cfg, summary, writer, games_bar
         self.source = source

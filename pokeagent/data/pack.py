@@ -32,13 +32,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import webdataset as wds
-from tqdm import tqdm
 
 from pokeagent.data.encode import ENCODER_VERSION, encode, schema
 from pokeagent.data.parse import PARSER_VERSION, SkipBattle, parse_replay
 from pokeagent.data.replay import Replay
 from pokeagent.data.shards import encode_sample
 from pokeagent.data.sources import SourceStats, iter_replays
+from pokeagent.progress import progress as progress_bar
 
 SPLITS = ("train", "val")
 STATE_FILE = "pack-state.json"
@@ -351,7 +351,7 @@ def pack(cfg: PackConfig, progress: bool = True) -> PackSummary:
     )
     started = time.monotonic()
     end = resume_at
-    bar = tqdm(desc="pack", unit="replay", disable=not progress, initial=resume_at)
+    bar = progress_bar(desc="pack", unit="replay", disable=not progress, initial=resume_at)
     context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
     seen = SeenIds(cfg.out / SEEN_FILE)
     try:

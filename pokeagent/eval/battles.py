@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 from poke_env.ps_client.account_configuration import AccountConfiguration
-from tqdm import tqdm
 
 from pokeagent.eval.agent import AgentPlayer, NetworkPolicy
 from pokeagent.eval.checkpoint import eval_dir, load_network
 from pokeagent.eval.ratings import bradley_terry, wilson_interval
+from pokeagent.progress import progress as progress_bar
 from pokeagent.showdown.players import BASELINES, make_baseline, unique_name
 
 AGENT = "agent"
@@ -177,7 +177,7 @@ async def _play_opponent(
 async def _play_all(cfg: BattleEvalConfig, policy: NetworkPolicy, server, progress: bool):
     results, games = {}, []
     total = cfg.battles * len(cfg.opponents)
-    with tqdm(total=total, desc="eval battles", unit="battle", disable=not progress) as bar:
+    with progress_bar(total=total, desc="eval battles", unit="battle", disable=not progress) as bar:
         for kind in cfg.opponents:
             result, scores = await _play_opponent(cfg, policy, kind, server, bar)
             results[kind] = result
