@@ -211,6 +211,10 @@ def _bench(args: argparse.Namespace) -> int:
                 )
             )
         )
+    elif args.what == "gpu":
+        from pokeagent.bench.gpu import main as bench_gpu
+
+        return bench_gpu(args)
     return 0
 
 
@@ -446,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--ds-config", default="cpu")
+    p = bench_what.add_parser(
+        "gpu", help="one GPU, <8 min: speed, MFU, memory, max batch, fp16, resume, feeding"
+    )
+    from pokeagent.bench.gpu import add_arguments as bench_gpu_arguments
+
+    bench_gpu_arguments(p)
     bench.set_defaults(func=_bench)
 
     verbs.add_parser(
