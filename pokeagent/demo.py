@@ -15,7 +15,6 @@ RandomPlayer and 50% against MaxBasePowerPlayer over 200 games each.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from pokeagent.data.encode import encode
 from pokeagent.data.generate import GenerateConfig, generate
 from pokeagent.data.loader import LoaderConfig, TrajectoryLoader
 from pokeagent.data.pack import PackConfig, pack
+from pokeagent.run_dir import RunDir
 from pokeagent.showdown.install import install
 
 BARS = {"random": 0.90, "maxpower": 0.50}
@@ -77,8 +77,7 @@ def _train(cfg: DemoConfig, shards: Path, run_dir: Path) -> list[float]:
     trained = subprocess.run(command, env=env, text=True)
     if trained.returncode != 0:
         raise RuntimeError(f"training failed (exit {trained.returncode}): {' '.join(command)}")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if "loss" in r and not r.get("val")]
+    return [r["loss"] for r in RunDir(run_dir).read_metrics() if "loss" in r and not r.get("val")]
 
 
 def run_demo(cfg: DemoConfig) -> dict:

@@ -61,9 +61,14 @@ def run_train_bench(
 ) -> TrainBenchResult:
     import deepspeed
 
-    from pokeagent.train.ds_config import BatchPlan, resolve_ds_config
-    from pokeagent.train.trainer import _ensure_distributed_env, _TrainModule
+    from pokeagent.train.config import TrainConfig
+    from pokeagent.train.ds_config import resolve_run
+    from pokeagent.train.trainer import _TrainModule, init_distributed
 
+    cfg = TrainConfig(
+        model=model, ds_config=ds_config, batch_size_per_gpu=batch_size, window=window
+    )
+    run = resolve_run(cfg, world_size=1)
     batch = next(
         iter(
             TrajectoryLoader(
@@ -75,31 +80,26 @@ def run_train_bench(
     net = PokeAgentNet(preset(model, max_window=max(window, 16)), schema()["vocab"])
     twin = copy.deepcopy(net)
 
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    # The plain loop mirrors the engine's optimizer: AdamW as in the shipped JSONs, same lr.
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=run.peak_lr, betas=(0.9, 0.95), weight_decay=0.1
+    )
 
     def plain_step():
         logits, value = net(batch)
         loss, _ = compute_loss(logits, value, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         optimizer.step()
 
     plain = _time(plain_step, steps)
 
-    _ensure_distributed_env()
-    deepspeed.init_distributed()
-    from deepspeed.accelerator import get_accelerator
-
-    config = resolve_ds_config(
-        ds_config,
-        BatchPlan(batch_size, 1, 1),
-        lr=1e-4,
-        grad_clip=1.0,
-        fp16_supported=get_accelerator().is_fp16_supported(),
-    )
+    init_distributed()
     engine, *_ = deepspeed.initialize(
-        model=_TrainModule(twin, LossConfig()), model_parameters=twin.parameters(), config=config
+        model=_TrainModule(twin, LossConfig()),
+        model_parameters=twin.parameters(),
+        config=run.deepspeed,
     )
 
     def engine_step():

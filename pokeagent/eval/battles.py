@@ -194,9 +194,7 @@ def evaluate_battles(cfg: BattleEvalConfig, progress: bool = True) -> dict:
     random.seed(cfg.seed)  # poke-env's baselines draw from the global RNG
     torch.manual_seed(cfg.seed)
     policy = NetworkPolicy(loaded.net, temperature=cfg.temperature, seed=cfg.seed)
-    out = (
-        Path(cfg.out) if cfg.out else eval_dir(loaded.weights, f"battles-step{max(loaded.step, 0)}")
-    )
+    out = Path(cfg.out) if cfg.out else eval_dir(loaded.weights, "battles", max(loaded.step, 0))
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with ShowdownServer() as server:

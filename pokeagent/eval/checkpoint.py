@@ -15,8 +15,8 @@ import torch
 from pokeagent.data.encode import schema
 from pokeagent.model.config import ModelConfig
 from pokeagent.model.network import PokeAgentNet
-
-WEIGHTS = "model.safetensors"
+from pokeagent.run_dir import BEST, CHECKPOINTS, LATEST, WEIGHTS, RunDir, read_pointer
+from pokeagent.run_dir import eval_dir as _eval_dir
 
 
 class CheckpointError(RuntimeError):
@@ -40,15 +40,15 @@ def resolve_weights(path: str | Path) -> Path:
     (`checkpoints/latest`, `checkpoints/best`), a `checkpoints/` folder (its `latest`) or a run
     directory (its `checkpoints/latest`)."""
     path = Path(path)
-    if path.is_file() and path.name in ("latest", "best"):
+    if path.is_file() and path.name in (LATEST, BEST):
         path = path.parent / path.read_text().strip()
     if path.is_file():
         return path
     candidates = [path / WEIGHTS]
-    for ckpt_dir in (path, path / "checkpoints"):
-        latest = ckpt_dir / "latest"
-        if latest.is_file():
-            candidates.append(ckpt_dir / latest.read_text().strip() / WEIGHTS)
+    for ckpt_dir in (path, path / CHECKPOINTS):
+        tag = read_pointer(ckpt_dir, LATEST)
+        if tag is not None:
+            candidates.append(ckpt_dir / tag / WEIGHTS)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -57,15 +57,11 @@ def resolve_weights(path: str | Path) -> Path:
     )
 
 
-def run_dir_of(weights: Path) -> Path | None:
-    """The run directory of `<run>/checkpoints/<tag>/model.safetensors`, else None."""
-    return weights.parents[2] if weights.parent.parent.name == "checkpoints" else None
-
-
-def eval_dir(weights: Path, name: str) -> Path:
-    """Where an evaluation of `weights` writes by default: `<run>/eval/<name>`, or beside a
-    weights file that is not in a run directory."""
-    return (run_dir_of(weights) or weights.parent) / "eval" / name
+def eval_dir(weights: Path, kind: str, step: int) -> Path:
+    """Where an evaluation of `weights` writes by default: `<run>/eval/<kind>-step<N>`, or
+    beside a weights file that is not in a run directory."""
+    run = RunDir.of_weights(weights)
+    return _eval_dir(run.root if run else weights.parent, kind, step)
 
 
 def load_network(path: str | Path, device: str | torch.device = "cpu") -> LoadedNetwork:

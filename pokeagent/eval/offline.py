@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from pokeagent.data.heldout import read_trajectories, shard_paths
-from pokeagent.eval.checkpoint import eval_dir, load_network, run_dir_of
+from pokeagent.eval.checkpoint import eval_dir, load_network
 from pokeagent.model.metrics import evaluate, scalars
+from pokeagent.run_dir import RunDir
 
 
 @dataclass
@@ -127,13 +128,10 @@ def write_tensorboard(metrics: dict, log_dir: Path, step: int, prefix: str = "of
 def default_window(weights: Path, max_window: int) -> int:
     """The run's training window (config.json): longer chunks would use positions it never
     trained; else the model's max_window."""
-    run_dir = run_dir_of(weights)
-    config = run_dir / "config.json" if run_dir else None
-    if config is not None and config.is_file():
-        window = json.loads(config.read_text()).get("train", {}).get("window")
-        if window:
-            return min(int(window), max_window)
-    return max_window
+    run = RunDir.of_weights(weights)
+    config = (run.read_config() if run else None) or {}
+    window = config.get("train", {}).get("window")
+    return min(int(window), max_window) if window else max_window
 
 
 def run_offline_eval(cfg: OfflineEvalConfig) -> dict:
@@ -155,12 +153,12 @@ def run_offline_eval(cfg: OfflineEvalConfig) -> dict:
         device,
     )
     metrics |= {"checkpoint": str(loaded.weights), "step": loaded.step, "shards": paths}
-    out = Path(cfg.out) if cfg.out else eval_dir(loaded.weights, f"offline-step{loaded.step}")
+    out = Path(cfg.out) if cfg.out else eval_dir(loaded.weights, "offline", loaded.step)
     out.mkdir(parents=True, exist_ok=True)
     (out / "offline.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "offline.md").write_text(markdown(metrics))
     if cfg.tensorboard:
-        run_dir = run_dir_of(loaded.weights)
-        write_tensorboard(metrics, (run_dir / "tb") if run_dir else out / "tb", loaded.step)
+        run = RunDir.of_weights(loaded.weights)
+        write_tensorboard(metrics, run.tensorboard if run else out / "tb", loaded.step)
     metrics["out"] = str(out)
     return metrics

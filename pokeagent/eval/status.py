@@ -10,11 +10,10 @@ after the trainer last looked, or after it exited).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from pokeagent.train.validation import BEST, read_metrics, read_pointer
+from pokeagent.run_dir import BEST, LATEST, RunDir, read_json, step_of
 
 
 def _age(seconds: float) -> str:
@@ -25,23 +24,11 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _battles(run_dir: Path) -> tuple[dict | None, list[int]]:
+def _battles(run: RunDir) -> tuple[dict | None, list[int]]:
     """The latest finished battle evaluation ({step, opponents}) and the steps still playing."""
     finished, running = None, []
-    folders = sorted(
-        (run_dir / "eval").glob("battles-step*"),
-        key=lambda p: int(p.name.removeprefix("battles-step") or -1),
-    )
-    for folder in folders:
-        step = int(folder.name.removeprefix("battles-step"))
-        results = _json(folder / "battles.json")
+    for step, folder in run.battle_dirs().items():
+        results = read_json(folder / "battles.json")
         if results and isinstance(results.get("opponents"), dict):
             finished = {"step": step, "opponents": results["opponents"]}
         elif (folder / "battles.log").exists():
@@ -51,39 +38,39 @@ def _battles(run_dir: Path) -> tuple[dict | None, list[int]]:
 
 def collect(run_dir: str | Path) -> dict:
     """The run's state as a dict (what `render` prints)."""
-    run_dir = Path(run_dir)
-    config = _json(run_dir / "config.json") or {}
-    records = read_metrics(run_dir)
+    run = RunDir(run_dir)
+    config = run.read_config() or {}
+    records = run.read_metrics()
     if not config and not records:
         raise FileNotFoundError(
-            f"{run_dir}: no config.json or metrics.jsonl (not a `pokeagent train` run directory?)"
+            f"{run.root}: no {run.config.name} or {run.metrics.name} (not a `pokeagent train` "
+            "run directory?)"
         )
     train = config.get("train", {})
     steps = [r for r in records if not r.get("val") and not r.get("battles")]
     vals = [r for r in records if r.get("val")]
     now = time.time()
-    state: dict = {"run_dir": str(run_dir), "max_steps": train.get("max_steps")}
+    state: dict = {"run_dir": str(run.root), "max_steps": train.get("max_steps")}
     if steps:
         state["step"] = steps[-1]["step"]
         state["loss"] = steps[-1]["loss"]
-        state["last_step_age_s"] = now - (run_dir / "metrics.jsonl").stat().st_mtime
+        state["last_step_age_s"] = now - run.metrics.stat().st_mtime
         global_batch = config.get("deepspeed", {}).get("train_batch_size")
         if global_batch:
             state["samples"] = state["step"] * global_batch
-    ckpt_dir = run_dir / "checkpoints"
-    for pointer in ("latest", BEST):
-        tag = read_pointer(ckpt_dir, pointer)
-        if tag and (ckpt_dir / tag).is_dir():
-            state[pointer] = {"tag": tag, "age_s": now - (ckpt_dir / tag).stat().st_mtime}
+    for pointer in (LATEST, BEST):
+        tag = run.pointer(pointer)
+        if tag and run.checkpoint(tag).is_dir():
+            state[pointer] = {"tag": tag, "age_s": now - run.checkpoint(tag).stat().st_mtime}
     if BEST in state:
-        best_step = int(state[BEST]["tag"].removeprefix("step"))
+        best_step = step_of(state[BEST]["tag"])
         losses = [r["loss"] for r in vals if r["step"] == best_step]
         state[BEST]["val_loss"] = losses[-1] if losses else None
-    state["kept"] = sorted(p.name for p in ckpt_dir.glob("step*") if p.is_dir())
+    state["kept"] = run.tags()
     if vals:
         state["val"] = vals[-1]
-    state["battles"], state["battles_running"] = _battles(run_dir)
-    job = _json(run_dir / "job.json") or {}
+    state["battles"], state["battles_running"] = _battles(run)
+    job = run.read_job() or {}
     if job.get("stop_at"):
         state["time_left_s"] = job["stop_at"] - now
         state["time_limit_hours"] = job.get("time_limit_hours")
@@ -101,9 +88,9 @@ def render(state: dict) -> str:
         )
     else:
         lines.append("no step recorded yet")
-    if "latest" in state:
+    if LATEST in state:
         lines.append(
-            f"last checkpoint {state['latest']['tag']}, {_age(state['latest']['age_s'])} old "
+            f"last checkpoint {state[LATEST]['tag']}, {_age(state[LATEST]['age_s'])} old "
             f"(kept: {', '.join(state['kept'])})"
         )
     else:

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from pokeagent.launch.resources import CPUS_PER_RANK, NodeRequest, node_request
+from pokeagent.train.ds_config import cuda_available
 
 REPO = Path(__file__).resolve().parents[2]
 TIERS_DIR = REPO / "launch" / "tiers"
@@ -302,18 +303,26 @@ def check(opts: LaunchOptions) -> None:
 
 
 def resolved(opts: LaunchOptions, fp16_supported: bool = True) -> dict:
-    """The DeepSpeed config the trainer will build (batch arithmetic and JSON checked here)."""
-    from pokeagent.train.ds_config import BatchPlan, ConfigError, resolve_ds_config, scaled_lr
+    """The DeepSpeed config the trainer will build (batch arithmetic and JSON checked here), on
+    the cluster's GPUs: fp16 and bf16 are taken as supported unless told otherwise."""
+    from pokeagent.train.config import TrainConfig
+    from pokeagent.train.ds_config import resolve_run
 
-    plan = BatchPlan(opts.batch_size_per_gpu, opts.grad_accum, opts.world_size)
-    lr = scaled_lr(opts.learning_rate, plan.global_batch)
     try:
-        ds = resolve_ds_config(
-            opts.resolved_ds_config, plan, lr=lr, grad_clip=1.0, fp16_supported=fp16_supported
+        run = resolve_run(
+            TrainConfig(
+                ds_config=opts.resolved_ds_config,
+                batch_size_per_gpu=opts.batch_size_per_gpu,
+                grad_accum=opts.grad_accum,
+                learning_rate=opts.learning_rate,
+            ),
+            opts.world_size,
+            fp16_supported=fp16_supported,
+            bf16_supported=True,
         )
-    except ConfigError as error:
+    except ValueError as error:  # ConfigError, or a batch the run config refuses
         raise LaunchError(f"--ds-config: {error}") from error
-    return {"global_batch": plan.global_batch, "peak_lr": lr, "deepspeed": ds}
+    return {"global_batch": run.global_batch, "peak_lr": run.peak_lr, "deepspeed": run.deepspeed}
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -634,14 +643,6 @@ def write_tiers(out: Path = TIERS_DIR) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------- main
-def _cuda() -> bool:
-    if shutil.which("nvidia-smi") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def main(argv: list[str]) -> int:
     try:
         opts = options_from_args(argv)
@@ -693,7 +694,7 @@ def main(argv: list[str]) -> int:
             print(
                 "# (no sbatch here: on a SLURM cluster, `sbatch` the script above; here it runs as)"
             )
-            print(_join(local_command(opts, cuda=_cuda())))
+            print(_join(local_command(opts, cuda=cuda_available())))
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "launch.json").write_text(
@@ -719,7 +720,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    cmd = local_command(opts, cuda=_cuda())
+    cmd = local_command(opts, cuda=cuda_available())
     print("running here (no SLURM): " + _join(cmd), flush=True)
     started = time.monotonic()
     code = subprocess.run(cmd).returncode

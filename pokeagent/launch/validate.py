@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pokeagent.train.ds_config import cuda_available, local_ds_config
+
 PASS, FAIL, SKIP, WARN = "pass", "fail", "skip", "warn"
 
 
@@ -76,14 +78,8 @@ class Report:
         return "\n".join(lines)
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _ds_name(cfg: ValidateConfig) -> str:
-    return cfg.ds_config or ("zero2_bf16" if _cuda() else "cpu")
+    return local_ds_config(cfg.ds_config)
 
 
 # ---------------------------------------------------------------------------------- checks
@@ -151,7 +147,7 @@ def _one_rank_all_reduce(backend: str) -> str | None:
 
 def check_collectives(cfg: ValidateConfig) -> Check:
     """Comprehensive, without CUDA: the gloo path the CPU runs take."""
-    if _cuda():
+    if cuda_available():
         return Check("gloo", SKIP, "CUDA runs communicate with NCCL (checked above)")
     detail = _one_rank_all_reduce("gloo")
     return Check("gloo", FAIL, detail) if detail else Check("gloo", PASS, "1-rank all_reduce")
@@ -356,40 +352,28 @@ def check_showdown(cfg: ValidateConfig) -> Check:
 
 
 def check_config(cfg: ValidateConfig) -> Check:
+    from pokeagent.model.config import preset
     from pokeagent.train.config import TrainConfig
-    from pokeagent.train.ds_config import BatchPlan, ConfigError, resolve_ds_config, scaled_lr
+    from pokeagent.train.ds_config import resolve_run
 
     try:
         train = TrainConfig(
             model=cfg.model,
+            ds_config=_ds_name(cfg),
             batch_size_per_gpu=cfg.batch_size_per_gpu,
             grad_accum=cfg.grad_accum,
             window=cfg.window,
         )
-        from pokeagent.model.config import preset
-
         preset(train.model)
-        plan = BatchPlan(cfg.batch_size_per_gpu, cfg.grad_accum, cfg.world_size)
-        lr = scaled_lr(train.learning_rate, plan.global_batch)
-        if _cuda():
-            import torch
-
-            fp16 = True
-            bf16 = torch.cuda.is_bf16_supported()
-        else:
-            from deepspeed.accelerator import get_accelerator
-
-            fp16, bf16 = get_accelerator().is_fp16_supported(), True
-        ds = resolve_ds_config(
-            _ds_name(cfg), plan, lr, train.grad_clip, fp16_supported=fp16, bf16_supported=bf16
-        )
-    except (ConfigError, ValueError) as error:
+        run = resolve_run(train, cfg.world_size)
+    except ValueError as error:  # ConfigError too
         return Check("config", FAIL, str(error))
+    ds = run.deepspeed
     return Check(
         "config",
         PASS,
         f"{_ds_name(cfg)}: {ds['train_micro_batch_size_per_gpu']} x {ds['gradient_accumulation_steps']} "
-        f"x {cfg.world_size} ranks = global batch {ds['train_batch_size']}, peak lr {lr:.3g}",
+        f"x {cfg.world_size} ranks = global batch {ds['train_batch_size']}, peak lr {run.peak_lr:.3g}",
     )
 
 

@@ -131,28 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as error:
             parser.error(f"--eval-every reads the validation shards: {error}")
     if args.dry_run:
-        from deepspeed.accelerator import get_accelerator
-
-        from pokeagent.train.ds_config import BatchPlan, resolve_ds_config, scaled_lr
+        from pokeagent.train.ds_config import resolve_run
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        plan = BatchPlan(cfg.batch_size_per_gpu, cfg.grad_accum, world)
-        lr = scaled_lr(cfg.learning_rate, plan.global_batch)
-        ds = resolve_ds_config(
-            cfg.ds_config,
-            plan,
-            lr=lr,
-            grad_clip=cfg.grad_clip,
-            fp16_supported=get_accelerator().is_fp16_supported(),
-        )
+        run = resolve_run(cfg, world)
         print(
             json.dumps(
                 {
                     "train": cfg.to_dict(),
                     "world_size": world,
-                    "global_batch": plan.global_batch,
-                    "peak_lr": lr,
-                    "deepspeed": ds,
+                    "global_batch": run.global_batch,
+                    "peak_lr": run.peak_lr,
+                    "deepspeed": run.deepspeed,
                 },
                 indent=2,
             )

@@ -7,6 +7,10 @@ that states one of those with a different value is refused, not silently overrid
 Learning rate rule: `lr = base_lr x sqrt(global_batch / reference_batch)`, the square-root rule
 for Adam-type optimizers (linear scaling overshoots with Adam at large batches). The reference is
 the batch the base rate was tuned at (3e-4 at 256 trajectories).
+
+`resolve_run` is the one sequence every caller runs (the trainer, `--dry-run`, the launcher,
+`pokeagent validate`, `pokeagent bench train`): run config + world size -> batch plan -> peak
+learning rate -> the engine's config.
 """
 
 from __future__ import annotations
@@ -16,10 +20,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pokeagent.train.config import TrainConfig
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
 REFERENCE_BATCH = 256
 """Global batch (trajectory windows) at which `base_lr` is stated."""
+GPU_DS_CONFIG = "zero2_bf16"
+"""The DeepSpeed config of a run on GPUs that names none (CPU runs: cpu.json)."""
 
 
 class ConfigError(ValueError):
@@ -102,3 +112,66 @@ def resolve_ds_config(
     if config.get("fp16", {}).get("enabled") and config.get("bf16", {}).get("enabled"):
         raise ConfigError(f"{where} enables both fp16 and bf16: choose one")
     return config
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run config resolves to on a given number of ranks."""
+
+    batch: BatchPlan
+    peak_lr: float
+    """The learning rate after warmup: the config's, scaled to the global batch."""
+    deepspeed: dict
+    """The engine's full config."""
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch.global_batch
+
+
+def cuda_available() -> bool:
+    """Whether this machine has a CUDA GPU for a run started here."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def local_ds_config(name: str | None, gpu_default: str = GPU_DS_CONFIG) -> str:
+    """The DeepSpeed config of a run on this machine: `name`, else `gpu_default` with CUDA and
+    cpu.json without."""
+    return name or (gpu_default if cuda_available() else "cpu")
+
+
+def precision_support() -> tuple[bool, bool]:
+    """Whether this machine's accelerator runs fp16 and bf16 (DeepSpeed's answer: on CPU no fp16;
+    on CUDA by compute capability)."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    return accelerator.is_fp16_supported(), accelerator.is_bf16_supported()
+
+
+def resolve_run(
+    cfg: TrainConfig,
+    world_size: int,
+    fp16_supported: bool | None = None,
+    bf16_supported: bool | None = None,
+) -> RunPlan:
+    """Batch plan, peak learning rate and DeepSpeed config of `cfg` on `world_size` ranks. The
+    precision support defaults to this machine's (`precision_support`); a launcher planning for
+    another machine states it. Raises ConfigError with what to change."""
+    if fp16_supported is None or bf16_supported is None:
+        fp16_here, bf16_here = precision_support()
+        fp16_supported = fp16_here if fp16_supported is None else fp16_supported
+        bf16_supported = bf16_here if bf16_supported is None else bf16_supported
+    batch = BatchPlan(cfg.batch_size_per_gpu, cfg.grad_accum, world_size)
+    lr = scaled_lr(cfg.learning_rate, batch.global_batch)
+    deepspeed = resolve_ds_config(
+        cfg.ds_config,
+        batch,
+        lr=lr,
+        grad_clip=cfg.grad_clip,
+        fp16_supported=fp16_supported,
+        bf16_supported=bf16_supported,
+    )
+    return RunPlan(batch, lr, deepspeed)

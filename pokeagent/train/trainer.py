@@ -20,7 +20,6 @@ import signal
 import socket
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,10 +29,10 @@ from pokeagent.data.loader import LoaderConfig, TrajectoryLoader
 from pokeagent.model.config import preset
 from pokeagent.model.loss import LossConfig, compute_loss
 from pokeagent.model.network import PokeAgentNet, count_parameters
+from pokeagent.run_dir import BEST, LATEST, LATEST_UNIVERSAL, RunDir, tag_of
 from pokeagent.train.config import TrainConfig
-from pokeagent.train.ds_config import BatchPlan, resolve_ds_config, scaled_lr
+from pokeagent.train.ds_config import resolve_run
 
-CHECKPOINTS = "checkpoints"
 _LOGGED_SUMS = (
     "loss",
     "policy_loss",
@@ -56,6 +55,24 @@ class _TrainModule(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]):
         logits, value = self.net(batch)
         return compute_loss(logits, value, batch, self.loss_cfg)
+
+
+def init_distributed() -> torch.device:
+    """Join the process group (a world of one without a launcher) on this rank's device."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    _ensure_distributed_env()
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        deepspeed.init_distributed()
+        return torch.device("cpu")
+    # One GPU per rank of the node, before anything touches one: the engine would set it only in
+    # deepspeed.initialize, after the batches' device is taken, and NCCL's first collective picks
+    # the current device.
+    accelerator.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed()
+    return torch.device(accelerator.device_name(), accelerator.current_device())
 
 
 def _ensure_distributed_env() -> None:
@@ -102,38 +119,18 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         import deepspeed
         import torch.distributed as dist
-        from deepspeed.accelerator import get_accelerator
 
         self.cfg = cfg
-        _ensure_distributed_env()
-        accelerator = get_accelerator()
-        if accelerator.device_name() != "cpu":
-            # One GPU per rank of the node, before anything touches one: the engine would set it
-            # only in deepspeed.initialize, after self.device (the batches' device) is taken below,
-            # and NCCL's first collective picks the current device.
-            accelerator.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        deepspeed.init_distributed()
+        self.device = init_distributed()
         self.dist = dist
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.run_dir = Path(cfg.run_dir)
-        self.ckpt_dir = self.run_dir / CHECKPOINTS
+        self.run_dir = RunDir(cfg.run_dir)
+        self.ckpt_dir = self.run_dir.checkpoints
         if self.rank == 0:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        self.device = (
-            torch.device(accelerator.device_name(), accelerator.current_device())
-            if accelerator.device_name() != "cpu"
-            else torch.device("cpu")
-        )
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        plan = BatchPlan(cfg.batch_size_per_gpu, cfg.grad_accum, self.world)
-        self.peak_lr = scaled_lr(cfg.learning_rate, plan.global_batch)
-        self.ds_config = resolve_ds_config(
-            cfg.ds_config,
-            plan,
-            lr=self.peak_lr,
-            grad_clip=cfg.grad_clip,
-            fp16_supported=accelerator.is_fp16_supported(),
-        )
+        plan = resolve_run(cfg, self.world)
+        self.peak_lr, self.ds_config = plan.peak_lr, plan.deepspeed
         self.saved_world: int | None = None
         """Ranks that saved the checkpoint to resume, when that differs from this run's."""
         self._prepare_resume_elsewhere()
@@ -170,12 +167,9 @@ class Trainer:
         self._apply_sample_budget()
 
     # ------------------------------------------------------------------ checkpoints
-    def _rank_file(self, tag: str) -> Path:
-        return self.ckpt_dir / tag / f"rank{self.rank:05d}.pt"
-
     def save(self) -> str:
         step = self.engine.global_steps
-        tag = f"step{step:08d}"
+        tag = tag_of(step)
         self.engine.save_checkpoint(
             str(self.ckpt_dir), tag=tag, client_state={"config": self.cfg.to_dict()}
         )
@@ -187,15 +181,13 @@ class Trainer:
                 "decisions_seen": self.decisions_seen,
                 "step": step,
             },
-            self._rank_file(tag),
+            self.run_dir.rank_file(tag, self.rank),
         )
         self.dist.barrier()
         if self.rank == 0:
             self._export_weights(tag)
             self._prune()
-            (self.run_dir / "config.json").write_text(
-                json.dumps({"train": self.cfg.to_dict(), "deepspeed": self.ds_config}, indent=2)
-            )
+            self.run_dir.write_config(self.cfg.to_dict(), self.ds_config)
         self.dist.barrier()
         return tag
 
@@ -223,37 +215,34 @@ class Trainer:
         }
         save_file(
             {k: v.contiguous() for k, v in state.items()},
-            str(self.ckpt_dir / tag / "model.safetensors"),
+            str(self.run_dir.weights(tag)),
             metadata=metadata,
         )
 
     def _prune(self) -> None:
-        from pokeagent.train.validation import BEST, read_pointer
-
         # The best checkpoint by validation loss, and those a battle process may still be reading,
         # stay outside the keep-last rotation.
-        exempt = {read_pointer(self.ckpt_dir, BEST)}
+        exempt = {self.run_dir.pointer(BEST)}
         if self.battles is not None:
             exempt |= self.battles.protected()
-        tags = sorted(p.name for p in self.ckpt_dir.glob("step*") if p.is_dir())
-        for old in tags[: -self.cfg.keep_last]:
+        for old in self.run_dir.tags()[: -self.cfg.keep_last]:
             if old not in exempt:
                 shutil.rmtree(self.ckpt_dir / old, ignore_errors=True)
 
     def try_resume(self) -> bool:
         """Continue from the latest checkpoint of the run directory, if there is one."""
-        if not (self.ckpt_dir / "latest").exists():
+        if self.run_dir.pointer(LATEST) is None:
             return False
         path, _client = self.engine.load_checkpoint(str(self.ckpt_dir))
         if path is None:
             raise RuntimeError(
                 f"{self.ckpt_dir}: `latest` names a checkpoint DeepSpeed cannot load"
             )
-        tag = (self.ckpt_dir / "latest").read_text().strip()
+        tag = self.run_dir.pointer(LATEST)
         if self.saved_world is not None:
             self._resume_resplit(tag)
             return True
-        own = torch.load(self._rank_file(tag), weights_only=False)
+        own = torch.load(self.run_dir.rank_file(tag, self.rank), weights_only=False)
         if own["loader"]["workers"] != max(1, self.cfg.workers_per_gpu):
             self._resume_resplit(tag)  # same ranks, another --workers-per-gpu
             return True
@@ -285,11 +274,10 @@ class Trainer:
         that (`"checkpoint": {"load_universal": true}`). ZeRO shards of one data-parallel size do
         not load into another; a universal checkpoint holds every parameter's fp32 weights and
         Adam moments whole. Without ZeRO the optimizer state is not sharded and loads as is."""
-        latest = self.ckpt_dir / "latest"
-        if not latest.exists():
+        tag = self.run_dir.pointer(LATEST)
+        if tag is None:
             return
-        tag = latest.read_text().strip()
-        saved = len(list((self.ckpt_dir / tag).glob("rank*.pt")))
+        saved = len(self.run_dir.rank_files(tag))
         if saved in (0, self.world):
             return
         self.saved_world = saved
@@ -304,7 +292,7 @@ class Trainer:
             )
             if not (self.ckpt_dir / universal).is_dir():
                 self._convert_to_universal(tag, universal)
-            (self.ckpt_dir / "latest_universal").write_text(universal)
+            (self.ckpt_dir / LATEST_UNIVERSAL).write_text(universal)
         self.dist.barrier()
         self.ds_config["checkpoint"] = {"load_universal": True}
 
@@ -352,10 +340,7 @@ class Trainer:
 
         from pokeagent.data.loader import resplit_state
 
-        states = [
-            torch.load(path, weights_only=False)
-            for path in sorted((self.ckpt_dir / tag).glob("rank*.pt"))
-        ]
+        states = [torch.load(path, weights_only=False) for path in self.run_dir.rank_files(tag)]
         step = states[0]["step"]
         self.loader.load_state_dict(
             resplit_state(
@@ -389,7 +374,7 @@ class Trainer:
         if self.rank == 0 and universal.is_dir():
             # Loaded by every rank: until the next save, a restart converts `latest` again.
             shutil.rmtree(universal, ignore_errors=True)
-            (self.ckpt_dir / "latest_universal").unlink(missing_ok=True)
+            (self.ckpt_dir / LATEST_UNIVERSAL).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ the loop
     def _on_signal(self, signum, _frame) -> None:
@@ -445,7 +430,7 @@ class Trainer:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            self.writer = SummaryWriter(str(self.run_dir.tensorboard))
         return self.writer
 
     def _setup_validation(self) -> None:
@@ -460,7 +445,7 @@ class Trainer:
         self.validation = Validation(
             cfg.data_dir, cfg.eval_samples, cfg.window, cfg.batch_size_per_gpu, cfg.value_weight
         )
-        self.validation.recover_best(self.run_dir, self.ckpt_dir)
+        self.validation.recover_best(self.run_dir.root, self.ckpt_dir)
         if self.rank == 0:
             self._record_battles(unrecorded_battles(self.run_dir))
             if cfg.eval_battles:
@@ -487,8 +472,7 @@ class Trainer:
             writer.add_scalar(name, value, step)
         writer.flush()
         row = record(step, metrics, time.monotonic() - started)
-        with open(self.run_dir / "metrics.jsonl", "a") as lines:
-            lines.write(json.dumps(row) + "\n")
+        self.run_dir.append_metrics(row)
         print(
             f"validation at step {step}: loss {loss:.4f} top1 {row['top1']:.3f} "
             f"top3 {row['top3']:.3f} value {row['value_loss']:.4f} ({row['trajectories']} "
@@ -500,14 +484,12 @@ class Trainer:
     def _after_validation_save(self, step: int, tag: str, best: bool) -> None:
         """Rank 0, once the checkpoint of a validated step is saved: the `best` pointer (the
         previous best returns to the rotation) and the battle process."""
-        from pokeagent.train.validation import BEST, write_pointer
-
         if best:
-            write_pointer(self.ckpt_dir, BEST, tag)
+            self.run_dir.set_pointer(BEST, tag)
             self._prune()
         if self.battles is not None:
             self.battles.launch(
-                step, self.ckpt_dir / tag, self.run_dir / "eval" / f"battles-step{step}"
+                step, self.run_dir.checkpoint(tag), self.run_dir.eval_dir("battles", step)
             )
 
     def _poll_battles(self) -> None:
@@ -521,8 +503,7 @@ class Trainer:
             for opponent, rate in rates.items():
                 writer.add_scalar(f"battles/vs_{opponent}", rate, step)
             writer.flush()
-            with open(self.run_dir / "metrics.jsonl", "a") as lines:
-                lines.write(json.dumps({"battles": True, "step": step, "win_rates": rates}) + "\n")
+            self.run_dir.append_metrics({"battles": True, "step": step, "win_rates": rates})
             shown = ", ".join(f"vs {name} {rate:.2f}" for name, rate in rates.items())
             print(f"battles for step {step}: {shown}", flush=True)
 
@@ -538,7 +519,7 @@ class Trainer:
             "resumed_from": self.resumed_from,
             "world_size": self.world,
         }
-        (self.run_dir / "job.json").write_text(json.dumps(job, indent=2) + "\n")
+        self.run_dir.write_job(job)
 
     def run(self) -> list[StepRecord]:
         cfg = self.cfg
@@ -580,8 +561,7 @@ class Trainer:
             self.history.append(record)
             if self.rank == 0:
                 # Full-precision per-step figures: what resume-exactness checks and plots read.
-                with open(self.run_dir / "metrics.jsonl", "a") as metrics:
-                    metrics.write(json.dumps(asdict(record)) + "\n")
+                self.run_dir.append_metrics(asdict(record))
             if step % cfg.log_every == 0:
                 now = time.monotonic()
                 self._log(step, window, now - interval_start, waited)

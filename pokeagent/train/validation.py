@@ -24,36 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-BEST = "best"
+from pokeagent.run_dir import BEST, RunDir, read_pointer, step_of
+
 OPPONENTS = ("random", "maxpower", "heuristic")
-
-
-def read_pointer(ckpt_dir: Path, name: str) -> str | None:
-    """The tag a pointer file (`latest`, `best`) names, or None."""
-    path = ckpt_dir / name
-    if not path.is_file():
-        return None
-    return path.read_text().strip() or None
-
-
-def write_pointer(ckpt_dir: Path, name: str, tag: str) -> None:
-    tmp = ckpt_dir / f".{name}.tmp"
-    tmp.write_text(tag)
-    os.replace(tmp, ckpt_dir / name)
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The records of `metrics.jsonl` (a torn last line, from a killed run, is left out)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 class Validation:
@@ -71,8 +44,10 @@ class Validation:
         tag = read_pointer(ckpt_dir, BEST)
         if tag is None or not (ckpt_dir / tag).is_dir():
             return
-        step = int(tag.removeprefix("step"))
-        losses = [r["loss"] for r in read_metrics(run_dir) if r.get("val") and r["step"] == step]
+        step = step_of(tag)
+        losses = [
+            r["loss"] for r in RunDir(run_dir).read_metrics() if r.get("val") and r["step"] == step
+        ]
         if losses:
             self.best_loss = losses[-1]
 
@@ -131,19 +106,18 @@ def win_rates(out: Path) -> dict[str, float]:
     }
 
 
-def unrecorded_battles(run_dir: Path) -> dict[int, dict[str, float]]:
+def unrecorded_battles(run: RunDir) -> dict[int, dict[str, float]]:
     """Battle results on disk that metrics.jsonl does not hold: those that finished after the
     job which launched them had ended. A resumed run writes them, at the steps they evaluated."""
-    recorded = {r["step"] for r in read_metrics(run_dir) if r.get("battles")}
+    recorded = {r["step"] for r in run.read_metrics() if r.get("battles")}
     found = {}
-    for folder in (run_dir / "eval").glob("battles-step*"):
-        try:
-            step = int(folder.name.removeprefix("battles-step"))
-            if step not in recorded:
+    for step, folder in run.battle_dirs().items():
+        if step not in recorded:
+            try:
                 found[step] = win_rates(folder)
-        except _UNREADABLE:
-            continue
-    return dict(sorted(found.items()))
+            except _UNREADABLE:
+                continue
+    return found
 
 
 @dataclass
