@@ -157,6 +157,7 @@ def test_the_batch_search_stops_at_the_first_out_of_memory(monkeypatch):
     assert cell.loss_finite and cell.loss_falling and cell.steps == cfg.min_steps
     assert cell.max_batch_samples_per_s > 0 and _FakeEngine.destroyed
     assert steps.count(8) == 2  # two steps at each size that fits: the second is timed
+    assert [row["batch"] for row in cell.search] == [8]
     # Another error than running out of memory is the row's error, not a search result.
     monkeypatch.setattr(
         gpu_checks, "_step", lambda engine, batch: (_ for _ in ()).throw(RuntimeError("NCCL"))

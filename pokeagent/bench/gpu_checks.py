@@ -183,6 +183,8 @@ class Cell:
     max_batch_samples_per_s: float = 0.0
     max_batch_mfu: float | None = None
     max_batch_peak_mem_gib: float = 0.0
+    search: list[dict] = field(default_factory=list)
+    """Each batch size the doubling ran: batch, step_s, samples_per_s, mfu, peak_mem_gib."""
     leftover_gib: float = 0.0
     """Memory still allocated after the cell's engine was released (a leak shows here)."""
 
@@ -302,6 +304,15 @@ def _measure(cell: Cell, cfg, config: dict, pool: Pool, device, deadline, peak, 
         )
         if device.type == "cuda":
             cell.max_batch_peak_mem_gib = torch.cuda.max_memory_allocated(device) / GIB
+        cell.search.append(
+            {
+                "batch": size,
+                "step_s": last_step,
+                "samples_per_s": cell.max_batch_samples_per_s,
+                "mfu": cell.max_batch_mfu,
+                "peak_mem_gib": cell.max_batch_peak_mem_gib,
+            }
+        )
 
 
 # ------------------------------------------------------------------ 2. save and exact resume
