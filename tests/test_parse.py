@@ -277,3 +277,64 @@ def test_gen1_recharge_cancelled_by_sleep_trapping_or_flinch(showdown_package, b
     chansey = [m["species"] for m in trajectory.team].index("Chansey")
     assert decision.legal[A.switch_action(chansey)]
     assert decision.legal[A.move_action(1)]  # not only "Recharge" (played as slot 0)
+
+
+@pytest.mark.parametrize(
+    ("gen", "gimmick", "blocker", "seed", "shows"),
+    [
+        (9, "terastallize", "confuseray", 5, "|-damage|p2a: Snorlax|"),  # confusion self-hit
+        (7, "mega", "confuseray", 5, "|-damage|p2a: Gyarados|"),
+        (8, "dynamax", "confuseray", 5, "|-damage|p2a: Snorlax|"),
+        (9, "terastallize", "spore", 2, "|cant|p2a: Snorlax|slp"),
+        (9, "terastallize", "thunderwave", 2, "|cant|p2a: Snorlax|par"),
+        (9, "terastallize", "fakeout", 1, "|cant|p2a: Snorlax|flinch"),
+    ],
+)
+def test_a_gimmick_whose_move_never_came_labels_no_later_move(
+    showdown_package, gen, gimmick, blocker, seed, shows
+):
+    """p2 uses its gimmick on turn 1, then its move never comes (it hurts itself in confusion,
+    sleeps, is fully paralysed, flinches); on turn 2 it moves without one. The gimmick was
+    turn 1's choice: turn 2's label must not carry it (the confusion self-hit, with no `|cant|`
+    line, did: a tera/mega/dynamax move the player never chose, outside the mask). The seeds
+    are ones where the scenario happens; the test checks that it did."""
+    from pokeagent.data.sources import replay_from_record
+
+    def mon(species, moves, item=""):
+        return f"{species}||{item}|Pressure|{moves}|Serious|{'84,' * 5}84|N|{'31,' * 5}31||100|"
+
+    # Gengar (faster) lands the blocker, then only Splashes; p2's moves cannot touch a Ghost.
+    p1 = mon("Gengar", f"{blocker},splash")
+    if gimmick == "mega":
+        p2 = mon("Gyarados", "splash,waterfall", item="Gyaradosite")
+    else:  # four moves: a Max Move then names its base move unambiguously
+        p2 = mon("Snorlax", "bodyslam,curse,earthquake,crunch")
+    choice = {"terastallize": "terastallize", "mega": "mega", "dynamax": "dynamax"}[gimmick]
+    input_log = [
+        ">start " + json.dumps({"formatid": f"gen{gen}customgame", "seed": [seed, 2, 3, 4]}),
+        ">player p1 " + json.dumps({"name": "A", "team": p1}),
+        ">player p2 " + json.dumps({"name": "B", "team": p2}),
+        ">p1 team 1",
+        ">p2 team 1",
+        ">p1 move 1",
+        f">p2 move 1 {choice}",
+        *[">p1 move 2", ">p2 move 1"] * 2,
+        ">forcetie",
+    ]
+    (record,) = simtool.replay_input_logs(showdown_package, [{"input_log": input_log, "id": "t"}])
+    assert "error" not in record, record
+    lines = record["log"].splitlines()
+    first = lines[lines.index("|turn|1") : lines.index("|turn|2")]
+    assert any(line.startswith(shows) for line in first), first
+    if blocker == "confuseray":
+        assert any(line.endswith("[from] confusion") for line in first)
+    assert not any(line.startswith("|move|p2a") for line in first)  # the move never came
+    truth = {d["turn"]: d["action"] for d in record["decisions"] if d["side"] == "p2"}
+    assert truth[1]["gimmick"] == gimmick and truth[2]["gimmick"] is None
+
+    trajectory = parse_replay(replay_from_record(record))[1]
+    turns = {d.turn: d for d in trajectory.decisions if d.kind == A.TURN}
+    assert turns[1].action == A.UNKNOWN_ACTION  # the log never shows which move
+    assert turns[2].action == A.move_action(0) and turns[2].action_info["gimmick"] is None
+    report = audit([record])
+    assert report.battles == 1 and not report.mismatches and report.illegal_labels == 0

@@ -11,8 +11,10 @@ Two passes over the log:
 Decision points: team preview; a turn choice for each side with an active Pokémon at every
 `|turn|`; a forced switch wherever a side must pick a replacement (after a faint, or mid-turn
 after U-turn, Baton Pass, Eject Button, Emergency Exit and the like). Labels are -1 where the
-log cannot tell what was chosen: full paralysis, flinch, sleep, recharge, fainting or being
-dragged out before moving, a move replaced by Encore, an ambiguous Z-/Max Move.
+log cannot tell what was chosen: full paralysis, flinch, sleep, recharge, a confusion self-hit,
+fainting or being dragged out before moving, a move replaced by Encore, an ambiguous Z-/Max Move.
+A gimmick (tera, mega, dynamax) announced at the start of a turn belongs to that turn's move
+only: when the move never comes, the gimmick goes unlabelled with it.
 
 A battle that cannot be reconstructed honestly raises `SkipBattle(reason)`; `parse_replay`
 never lets any other exception out for bad input (it becomes a 'parser error: ...' skip).
@@ -67,8 +69,10 @@ from pokeagent.showdown.state import (
     reveals_item_or_ability,
 )
 
-PARSER_VERSION: Final = 1
-"""Bumped whenever labels, masks or decision points change meaning."""
+PARSER_VERSION: Final = 2
+"""Bumped whenever labels, masks or decision points change meaning, or a fix changes them (a
+pack does not resume across versions): 2 since a gimmick announced for a move that never came
+(confusion self-hit) no longer labels the next turn's move, and gen 1's cancelled recharge."""
 
 SIDES: Final = ("p1", "p2")
 _MOVE_SLOTS: Final = tuple(range(A.N_MOVES))
@@ -427,7 +431,8 @@ class _Reconstruction:
             elif code == K_TURN:
                 self._on_turn(msg)
             elif code == K_DAMAGE:
-                pass
+                if msg.tags:  # the untagged majority costs one test
+                    self._on_damage(msg)
             elif code == K_HEAL:
                 self._on_heal(msg)
             elif code == K_FAINT:
@@ -480,6 +485,11 @@ class _Reconstruction:
         self.pursuit_target = None
         if self.gen1_frozen_or_asleep:
             self.gen1_frozen_or_asleep.clear()
+        if self.gimmick_now:
+            # A gimmick announced for a move that never came (a confusion self-hit, or any
+            # line the walk does not read as the end of that choice) was that turn's, never
+            # the next one's.
+            self.gimmick_now.clear()
         for side in SIDES:
             if side in self.pending_turn:
                 del self.pending_turn[side]
@@ -570,6 +580,12 @@ class _Reconstruction:
             active = self.state.sides[ref.side].active
             if active is not None and active.name == ref.name:
                 self._close_turn(ref.side)
+
+    def _on_damage(self, msg: Message) -> None:
+        # `|-damage|p1a: X|...|[from] confusion`: X hurt itself instead of moving; its choice
+        # (and the gimmick it may have used already: tera, mega, dynamax) stays unknown.
+        if msg.tags.get("from") == "confusion":
+            self._forced_out(msg)
 
     def _on_faint(self, msg: Message) -> None:
         if self.gen <= 4 and msg.arg(0)[:2] == self.pursuit_target:
