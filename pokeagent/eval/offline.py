@@ -104,6 +104,19 @@ def markdown(metrics: dict) -> str:
         f"Total loss (policy + {metrics['value_weight']} x value): {_fmt(overall.get('loss'))}; "
         f"expected calibration error: {_fmt(overall['value_ece'])}",
         "",
+    ]
+    if "critic_brier" in overall:
+        lines += [
+            "## Critic",
+            "",
+            f"- value (V + 1) / 2 against the outcome, Brier: {_fmt(overall['critic_brier'])}",
+            f"- its best legal action is the logged one: {_fmt(overall.get('critic_top1'))}",
+            "- logged actions with a positive advantage (what `binary` keeps): "
+            f"{_fmt(overall.get('advantage_positive'))}; their mean Q: "
+            f"{_fmt(overall.get('q_taken'))}",
+            "",
+        ]
+    lines += [
         "## Value calibration",
         "",
         "| predicted win probability | decisions | mean predicted | observed win rate |",

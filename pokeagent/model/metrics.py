@@ -9,6 +9,13 @@ Metrics: top-1/top-3 accuracy and policy loss (cross-entropy over legal actions)
 with a known label, overall and by decision kind, by the player's rating band and by turn bucket;
 value log-loss, Brier score and a calibration table (10 bins of predicted win probability: count,
 mean prediction, observed win rate, ties counting 1/2) on every decision.
+
+With a critic (`critic_heads` > 0): its value V(s) = sum_a pi(a|s) Q(s,a) read as a win
+probability (V + 1) / 2 (terminal rewards +-1: exact at the last decision, shrunk towards 1/2 by
+the discount before it), its Brier score against the outcome; on labelled decisions, how often
+the critic's best legal action is the logged one (`critic_top1`), and the share of logged actions
+with a positive advantage (`advantage_positive`: what the `binary` objective keeps) and their
+mean Q (`q_taken`).
 """
 
 from __future__ import annotations
@@ -41,7 +48,12 @@ _FIELDS = (
     "brier",
     "predicted",
     "outcome",
+    "critic_brier",
+    "critic_top1",
+    "advantage_positive",
+    "q_taken",
 )
+_CRITIC_FIELDS = _FIELDS[-4:]
 
 
 def batches(
@@ -83,10 +95,36 @@ class _Sums:
         return dict(zip(_FIELDS, self.table[index].tolist(), strict=True))
 
 
+def _critic_columns(
+    logits: torch.Tensor, q: torch.Tensor, batch: dict[str, torch.Tensor], labelled: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The critic's per-decision fields (module docstring), ensemble mean."""
+    from pokeagent.model.loss import policy_probs
+
+    legal = batch["legal"]
+    q_bar = q.float().mean(-2)  # [B, K, A]
+    value = (policy_probs(logits, legal) * q_bar).sum(-1)
+    outcome = batch["outcome"].float().unsqueeze(1).expand_as(value)
+    action = batch["action"].long().clamp(min=0).unsqueeze(-1)
+    q_taken = q_bar.gather(-1, action).squeeze(-1)
+    best = q_bar.masked_fill(~legal, float("-inf")).argmax(-1, keepdim=True)
+    zero = torch.zeros_like(value)
+    return {
+        "critic_brier": ((value.clamp(-1, 1) + 1) / 2 - outcome) ** 2,
+        "critic_top1": (labelled & (best == action).squeeze(-1)).float(),
+        "advantage_positive": (labelled & (q_taken > value)).float(),
+        "q_taken": torch.where(labelled, q_taken, zero),
+    }
+
+
 def _decision_terms(
-    logits: torch.Tensor, value_logits: torch.Tensor, batch: dict[str, torch.Tensor]
+    logits: torch.Tensor,
+    value_logits: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    q: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per real decision (window mask), as float64 numpy: the summed fields and group keys."""
+    """Per real decision (window mask), as float64 numpy: the summed fields and group keys (the
+    critic's fields are 0 without a critic's `q`)."""
     mask = batch["mask"]
     action = batch["action"].long()
     labelled = mask & (action >= 0)
@@ -112,10 +150,16 @@ def _decision_terms(
         "turn": batch["turn"].long(),
         "rating": batch["rating"].to(mask.device).unsqueeze(1).expand_as(mask),
     }
+    if q is not None:
+        columns |= _critic_columns(logits, q, batch, labelled)
+    else:
+        columns |= {name: torch.zeros_like(value_logits) for name in _CRITIC_FIELDS}
     return {name: column[mask].double().cpu().numpy() for name, column in columns.items()}
 
 
-def _summary(row: dict[str, float], value_weight: float | None = None) -> dict:
+def _summary(
+    row: dict[str, float], value_weight: float | None = None, critic: bool = False
+) -> dict:
     decisions, labelled = int(row["decisions"]), int(row["labelled"])
     out = {
         "decisions": decisions,
@@ -128,6 +172,12 @@ def _summary(row: dict[str, float], value_weight: float | None = None) -> dict:
     }
     if value_weight is not None and labelled:
         out["loss"] = out["policy_loss"] + value_weight * out["value_log_loss"]
+    if critic and decisions:
+        out["critic_brier"] = row["critic_brier"] / decisions
+        if labelled:
+            out["critic_top1"] = row["critic_top1"] / labelled
+            out["advantage_positive"] = row["advantage_positive"] / labelled
+            out["q_taken"] = row["q_taken"] / labelled
     return out
 
 
@@ -150,6 +200,7 @@ def evaluate(
         "calibration": _Sums(tuple(f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10))),
     }
     trajectories = 0
+    critic = getattr(net, "critic", None) is not None
 
     def counted(stream: Iterable[dict]) -> Iterator[dict]:
         nonlocal trajectories
@@ -163,8 +214,11 @@ def evaluate(
         with torch.no_grad():
             for batch in batches(counted(samples), window, batch_size):
                 batch = {k: v.to(device) for k, v in batch.items()}
-                logits, value_logits = net(batch)
-                terms = _decision_terms(logits, value_logits, batch)
+                if critic:
+                    logits, value_logits, q, _ = net(batch, critic=True)
+                else:
+                    (logits, value_logits), q = net(batch), None
+                terms = _decision_terms(logits, value_logits, batch, q)
                 keys = {
                     "overall": np.zeros(len(terms["kind"]), dtype=np.int64),
                     "by_kind": terms["kind"].astype(np.int64),
@@ -183,7 +237,7 @@ def evaluate(
     finally:
         net.train(was_training)
 
-    overall = _summary(groups["overall"].row(0), value_weight)
+    overall = _summary(groups["overall"].row(0), value_weight, critic)
     metrics: dict = {
         "trajectories": trajectories,
         "window": window,
@@ -232,6 +286,10 @@ def scalars(metrics: dict, prefix: str) -> dict[str, float]:
             "value_log_loss",
             "value_brier",
             "value_ece",
+            "critic_brier",
+            "critic_top1",
+            "advantage_positive",
+            "q_taken",
         )
         if overall.get(name) is not None
     }

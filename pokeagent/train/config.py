@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from pokeagent.model.loss_config import LossConfig
+
 
 @dataclass
 class TrainConfig:
@@ -73,6 +75,31 @@ class TrainConfig:
     """Log every step (unless --log-every is given), Python logging at DEBUG, and
     TORCH_DISTRIBUTED_DEBUG=DETAIL for the process group."""
 
+    # Offline RL (model/loss.py, model/rewards.py): a critic and advantage-weighted imitation.
+    objective: str = "bc"
+    """Policy objective: bc (plain imitation), binary (imitate where the critic's advantage is
+    positive) or exp (weights min(exp(beta A), clip)); binary and exp train a critic."""
+    critic_heads: int = 0
+    """Q-value heads of the critic's ensemble; 0: none with bc, 2 with binary/exp. A critic
+    with bc trains beside imitation (its Q and advantages are logged) without weighting it."""
+    critic_weight: float = 1.0
+    """Weight of the critic's TD loss in the total."""
+    advantage_beta: float = 1.0
+    """exp: the inverse temperature beta of exp(beta A)."""
+    advantage_clip: float = 20.0
+    """exp: the largest weight of one decision."""
+    discount: float = 0.99
+    """Per-decision discount of the TD target."""
+    target_rate: float = 0.005
+    """Polyak rate of the critic's target after each optimizer step (train/critic_target.py)."""
+    critic_reduce: str = "mean"
+    """How the ensemble gives one Q (for targets and advantages): mean, or min (pessimistic)."""
+    reward_scale: float = 1.0
+    """Terminal reward: +scale for a win, -scale for a loss, 0 for a tie."""
+    shaping_weight: float = 0.0
+    """Shaped rewards between decisions (HP dealt and lost, faints, status: model/rewards.py),
+    times this; 0: terminal rewards only."""
+
     def __post_init__(self):
         if self.max_samples < 0 or self.min_elo < 0:
             raise ValueError(
@@ -91,6 +118,27 @@ class TrainConfig:
                 raise ValueError(f"--{option.replace('_', '-')} must be >= {least} (got {value})")
         if self.eval_battles and not self.eval_every:
             raise ValueError("--eval-battles needs --eval-every (battles follow each validation)")
+        if self.critic_heads < 0:
+            raise ValueError(f"--critic-heads must be >= 0 (got {self.critic_heads})")
+        if self.objective != "bc" and not self.critic_heads:
+            self.critic_heads = 2
+        if not 0.0 < self.target_rate <= 1.0:
+            raise ValueError(f"--target-rate must be in (0, 1] (got {self.target_rate})")
+        self.loss_config()  # the objective's knobs are checked where they are defined
+
+    def loss_config(self) -> LossConfig:
+        """The loss's knobs (model/loss.py) from this run's."""
+        return LossConfig(
+            value_weight=self.value_weight,
+            objective=self.objective,
+            critic_weight=self.critic_weight,
+            beta=self.advantage_beta,
+            clip=self.advantage_clip,
+            discount=self.discount,
+            critic_reduce=self.critic_reduce,
+            reward_scale=self.reward_scale,
+            shaping_weight=self.shaping_weight,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
