@@ -90,7 +90,7 @@ class LineProgress:
     # -- tqdm's interface
 
     def update(self, n: float = 1) -> None:
-        if self.disable:
+        if self.disable or not n:
             return
         with self.lock:
             self.n += n

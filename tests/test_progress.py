@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
+from test_sources import _pokechamp_table
 from tqdm import tqdm
 
 from pokeagent import progress as progress_module
@@ -82,17 +85,25 @@ def test_a_terminal_gets_tqdm_a_file_gets_lines(monkeypatch, tmp_path):
 
 
 def test_pack_into_a_log_file_has_no_carriage_returns(shared_replays, tmp_path):
-    """`pokeagent pack ... > log 2>&1`, as in a SLURM job: readable lines, no bar frames."""
+    """`pokeagent pack ... > log 2>&1`, as in a SLURM job: readable lines, no bar frames; parquet
+    sources give the total (from their footers), so the lines carry the share done and an ETA."""
+    records = [json.loads(p.read_text()) for p in sorted(shared_replays.glob("*/*.json"))]
+    source = tmp_path / "champ.parquet"
+    pq.write_table(_pokechamp_table(records, elo=["1400-1599"] * len(records)), source)
     log = tmp_path / "log"
     env = dict(os.environ, POKEAGENT_PROGRESS_EVERY="0")
     env.pop("POKEAGENT_PROGRESS", None)
     with open(log, "wb") as sink:
-        command = [sys.executable, "-m", "pokeagent", "pack", str(shared_replays / "serverlogs")]
-        command += ["--out", str(tmp_path / "shards"), "--workers", "1", "--chunk", "4"]
+        command = [sys.executable, "-m", "pokeagent", "pack", str(source), "--workers", "1"]
+        command += ["--out", str(tmp_path / "shards"), "--chunk", "4"]
         subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env, check=True)
     text = log.read_bytes().decode()
     assert "\r" not in text
     lines = text.splitlines()
-    counts = [int(m.group(1)) for m in map(re.compile(r"pack: (\d+) replays, ").match, lines) if m]
-    assert counts == sorted(counts) and len(counts) >= 4 and counts[-1] == 19
-    assert any(re.match(r"pack: done, 19 replays in 0:00:\d\d, [\d.,]+/s$", line) for line in lines)
+    line = re.compile(
+        r"pack: (\d+) records of 24 \(\d+%\), [\d.,]+/s, 0:00:\d\d(, ETA 0:\d\d:\d\d)?$"
+    )
+    counts = [int(m.group(1)) for m in map(line.match, lines) if m]
+    assert counts == sorted(counts) and len(counts) >= 4 and counts[-1] == 24
+    assert any(", ETA " in row for row in lines)
+    assert any(re.match(r"pack: done, 24 records in 0:00:\d\d, [\d.,]+/s$", row) for row in lines)

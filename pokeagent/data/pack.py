@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from pokeagent.data.encode import ENCODER_VERSION, encode, schema
 from pokeagent.data.parse import PARSER_VERSION, SkipBattle, parse_replay
 from pokeagent.data.replay import Replay
 from pokeagent.data.shards import encode_sample
-from pokeagent.data.sources import SourceStats, iter_replays
+from pokeagent.data.sources import SourceStats, count_records, iter_replays
 from pokeagent.progress import progress as progress_bar
 
 SPLITS = ("train", "val")
@@ -260,10 +261,17 @@ def _work(
 
 
 def _chunks(
-    replays: Iterator[Replay], size: int, start: int, seen: SeenIds
+    replays: Iterator[Replay],
+    size: int,
+    start: int,
+    seen: SeenIds,
+    marks: deque[int],
+    stats: SourceStats,
 ) -> Iterator[list[tuple[int, Replay | None]]]:
     """Chunks of (position, replay) from `start` on, a duplicate's replay replaced by None.
-    Every id goes into `seen`, those before `start` too (see `SeenIds`)."""
+    Every id goes into `seen`, those before `start` too (see `SeenIds`). Before each chunk,
+    `marks` gets the number of input records read up to its end (the progress shown once its
+    results are in: imap returns them in the same order)."""
     chunk: list[tuple[int, Replay | None]] = []
     for position, replay in enumerate(replays):
         first = bool(replay.extra.get("fallback_id")) or seen.add(replay.id)
@@ -271,9 +279,11 @@ def _chunks(
             continue
         chunk.append((position, replay if first else None))
         if len(chunk) == size:
+            marks.append(stats.read)
             yield chunk
             chunk = []
     if chunk:
+        marks.append(stats.read)
         yield chunk
 
 
@@ -351,13 +361,23 @@ def pack(cfg: PackConfig, progress: bool = True) -> PackSummary:
     )
     started = time.monotonic()
     end = resume_at
-    bar = progress_bar(desc="pack", unit="replay", disable=not progress, initial=resume_at)
+    # Input records done (read, and parsed unless skipped or filtered; a resumed pack reads
+    # its input again from the start, fast up to where it stopped), out of the total where
+    # parquet footers give it: an ETA for the big packs.
+    bar = progress_bar(
+        total=count_records(cfg.sources) if progress else None,
+        desc="pack",
+        unit="record",
+        disable=not progress,
+    )
     context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
     seen = SeenIds(cfg.out / SEEN_FILE)
     try:
         with context.Pool(cfg.workers) as pool:
             work = functools.partial(_work, val_fraction=cfg.val_fraction)
-            for results in pool.imap(work, _chunks(replays, cfg.chunk, resume_at, seen)):
+            marks: deque[int] = deque()
+            chunks = _chunks(replays, cfg.chunk, resume_at, seen, marks, source_stats)
+            for results in pool.imap(work, chunks):
                 for position, reason, split, samples, info in results:
                     end = position + 1
                     pending.append((reason, info))
@@ -366,9 +386,10 @@ def pack(cfg: PackConfig, progress: bool = True) -> PackSummary:
                     # Shards end at replay boundaries: a battle's two samples stay together.
                     if any(w.size >= cfg.shard_size for w in writers.values()):
                         save(position + 1)
-                bar.update(len(results))
+                bar.update(marks.popleft() - bar.n)
     finally:
         seen.close()
+    bar.update(source_stats.read - bar.n)
     bar.close()
     save(end, complete=False)
     summary = PackSummary(

@@ -530,6 +530,35 @@ def iter_replays(
     return _stream(roots, wanted, min_rating, stats if stats is not None else SourceStats())
 
 
+def count_records(paths: Iterable[str | Path]) -> int | None:
+    """The records `iter_replays(paths)` will read, where the files tell without being read:
+    the row counts in parquet footers (one small read per file). None when any file is of
+    another kind (JSON, JSONL, logs) or a footer is unreadable."""
+    total = 0
+    for root in (Path(p) for p in paths):
+        files = [root] if not root.is_dir() else _files_under(root)
+        for path in files:
+            if _kind(path) != "parquet":
+                return None
+            try:
+                total += pq.ParquetFile(path).metadata.num_rows
+            except (OSError, pa.ArrowException):
+                return None
+    return total
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """The files `_read_path` reads in a folder (no hidden entries, known kinds only)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not name.startswith(".") and _kind(path) is not None:
+                found.append(path)
+    return found
+
+
 def open_source(path: str | Path) -> Iterator[Replay]:
     """Stream the replays in one file or folder, unfiltered (bad input skipped and logged)."""
     return iter_replays([path])
