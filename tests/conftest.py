@@ -1,14 +1,30 @@
-"""Shared fixtures: the real Showdown server (pokeagent.showdown.pytest_plugin) and the replay fixtures."""
+"""Shared fixtures: the real Showdown server (pokeagent.showdown.pytest_plugin), the replay
+fixtures and one set of simulated shards for the session; the `gpu` marker's skip. Helpers that
+tests call are in helpers.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from helpers import simulated_shards
 
 pytest_plugins = ["pokeagent.showdown.pytest_plugin"]
 
 SHARED_REPLAYS = Path(__file__).resolve().parents[2] / "shared" / "replays"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests are skipped, with the reason, where torch sees no CUDA device."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="gpu: torch sees no CUDA device")
+        for item in gpu_items:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -19,41 +35,18 @@ def shared_replays() -> Path:
     return SHARED_REPLAYS
 
 
-def write_simulated_replays(package: Path, path: Path, count: int, seed: int, **players) -> Path:
-    """`count` in-process simulator battles (gen9randombattle) as served-format JSONL, the shape
-    `pokeagent generate` writes; `players` go to simtool (move_prob, tera_prob...)."""
-    import json
-
-    from pokeagent.data.generate import served_replay
-    from pokeagent.showdown import simtool
-
-    with open(path, "w") as out:
-        for record in simtool.run_random_battles(
-            package, "gen9randombattle", count, seed, **players
-        ):
-            out.write(json.dumps(served_replay(record, uploadtime=0)) + "\n")
-    return path
-
-
-def simulated_shards(
-    package: Path, root: Path, count: int, seed: int, *, players: dict | None = None, **options
-) -> Path:
-    """`count` simulated battles (`write_simulated_replays` into `root/replays.jsonl`, `players`
-    its simtool options) packed into `root/shards` (`options` go to PackConfig); returns it."""
-    from pokeagent.data.pack import PackConfig, pack
-
-    replays = write_simulated_replays(
-        package, root / "replays.jsonl", count, seed, **(players or {})
+@pytest.fixture(scope="session")
+def shards(showdown_package, tmp_path_factory) -> Path:
+    """Shards of 24 simulated gen9randombattle battles, about one battle (two trajectories) a
+    shard: 14 train shards, 7 val shards. Shared by the session, so read-only: a test that damages
+    or adds shards works on its own copy (shutil.copytree)."""
+    return simulated_shards(
+        showdown_package,
+        tmp_path_factory.mktemp("shards"),
+        24,
+        41,
+        players={"move_prob": 0.8, "tera_prob": 0.2},
+        workers=1,
+        shard_size=100_000,
+        val_fraction=0.25,
     )
-    pack(PackConfig(sources=[str(replays)], out=root / "shards", **options), progress=False)
-    return root / "shards"
-
-
-def train_env() -> dict:
-    """The environment of a `pokeagent train` subprocess: DeepSpeed on CPU, one thread, a short
-    DeepSpeed timeout, no RANK inherited from the test runner."""
-    import os
-
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", DEEPSPEED_TIMEOUT="2")
-    env.pop("RANK", None)
-    return env

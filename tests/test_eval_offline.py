@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import simulated_shards
 
 from pokeagent.data.encode import schema
 from pokeagent.data.heldout import read_trajectories, shard_paths
@@ -25,21 +24,11 @@ STEP = 7
 
 
 @pytest.fixture(scope="module")
-def data(showdown_package, tmp_path_factory):
-    """Val shards from simulated battles and a tiny (untrained, seeded) checkpoint in a run dir."""
+def data(shards, tmp_path_factory):
+    """The session's val shards and a tiny (untrained, seeded) checkpoint in a run dir."""
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("offline")
-    shards = simulated_shards(
-        showdown_package,
-        root,
-        10,
-        53,
-        players={"move_prob": 0.8, "tera_prob": 0.2},
-        workers=1,
-        shard_size=60_000,
-        val_fraction=0.5,
-    )
     torch.manual_seed(3)
     net = PokeAgentNet(preset("tiny", max_window=32), schema()["vocab"])
     tag = f"step{STEP:08d}"

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import simulated_shards, train_env
+from helpers import train_env
 
 from pokeagent.launch import slurm
 from pokeagent.launch.hostfile import (
@@ -327,20 +327,6 @@ def test_loader_resplit_starts_a_fresh_epoch_for_the_new_world(tmp_path):
     paths = loader.cfg.shard_paths
     dealt = [s for g in range(3) for s in worker_shards(paths, 7, 4, g, 3)]
     assert sorted(dealt) == sorted(paths)
-
-
-@pytest.fixture(scope="module")
-def shards(showdown_package, tmp_path_factory):
-    return simulated_shards(
-        showdown_package,
-        tmp_path_factory.mktemp("launch"),
-        16,
-        9,
-        players={"move_prob": 0.8, "tera_prob": 0.2},
-        workers=2,
-        shard_size=100_000,
-        val_fraction=0.0,
-    )
 
 
 def _rows(run_dir: Path) -> list[dict]:

@@ -7,23 +7,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import simulated_shards
 
 from pokeagent.data.loader import LoaderConfig, TrajectoryLoader, worker_shards
-
-
-@pytest.fixture(scope="module")
-def shard_dir(showdown_package, tmp_path_factory):
-    return simulated_shards(
-        showdown_package,
-        tmp_path_factory.mktemp("loader"),
-        30,
-        21,
-        players={"move_prob": 0.8},
-        workers=2,
-        shard_size=150_000,
-        val_fraction=0.1,
-    )
 
 
 def _take(loader, n):
@@ -37,8 +22,8 @@ def _same(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_assignment_is_disjoint_and_complete(shard_dir):
-    paths = LoaderConfig(shards=shard_dir).shard_paths
+def test_assignment_is_disjoint_and_complete(shards):
+    paths = LoaderConfig(shards=shards).shard_paths
     assert len(paths) >= 6
     for epoch in range(3):
         taken = [worker_shards(paths, 0, epoch, g, 4) for g in range(4)]  # 2 ranks x 2 workers
@@ -50,10 +35,10 @@ def test_assignment_is_disjoint_and_complete(shard_dir):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resumed_loader_yields_exactly_the_next_batches(shard_dir, workers):
+def test_resumed_loader_yields_exactly_the_next_batches(shards, workers):
     for rank in (0, 1):
         cfg = dict(
-            shards=shard_dir, batch_size=4, window=16, workers=workers, shuffle_buffer=8, seed=3
+            shards=shards, batch_size=4, window=16, workers=workers, shuffle_buffer=8, seed=3
         )
         uninterrupted = _take(TrajectoryLoader(LoaderConfig(**cfg), rank=rank, world_size=2), 12)
         first = TrajectoryLoader(LoaderConfig(**cfg), rank=rank, world_size=2)
@@ -67,9 +52,9 @@ def test_resumed_loader_yields_exactly_the_next_batches(shard_dir, workers):
         assert first.batches_served == 7
 
 
-def test_batches_have_the_documented_shapes(shard_dir):
+def test_batches_have_the_documented_shapes(shards):
     batch = _take(
-        TrajectoryLoader(LoaderConfig(shards=shard_dir, batch_size=3, window=200, workers=0)), 1
+        TrajectoryLoader(LoaderConfig(shards=shards, batch_size=3, window=200, workers=0)), 1
     )[0]
     assert batch["tokens"].shape[:3] == (3, 200, 12) and batch["tokens"].dtype == torch.int16
     assert batch["features"].dtype == torch.float16 and batch["legal"].dtype == torch.bool
@@ -80,9 +65,9 @@ def test_batches_have_the_documented_shapes(shard_dir):
     assert batch["legal"][batch["mask"]].any(dim=-1).all()
 
 
-def test_corrupt_shard_is_reported_and_skipped(shard_dir, tmp_path, caplog):
+def test_corrupt_shard_is_reported_and_skipped(shards, tmp_path, caplog):
     copy = tmp_path / "shards"
-    shutil.copytree(shard_dir, copy)
+    shutil.copytree(shards, copy)
     victim = sorted(copy.glob("train-*.tar"))[0]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
     loader = TrajectoryLoader(
@@ -94,15 +79,15 @@ def test_corrupt_shard_is_reported_and_skipped(shard_dir, tmp_path, caplog):
     assert any(victim.name in r.getMessage() for r in caplog.records)
 
 
-def test_resume_refuses_another_layout(shard_dir):
-    loader = TrajectoryLoader(LoaderConfig(shards=shard_dir, workers=0), rank=0, world_size=2)
+def test_resume_refuses_another_layout(shards):
+    loader = TrajectoryLoader(LoaderConfig(shards=shards, workers=0), rank=0, world_size=2)
     _take(loader, 1)
-    other = TrajectoryLoader(LoaderConfig(shards=shard_dir, workers=0), rank=0, world_size=1)
+    other = TrajectoryLoader(LoaderConfig(shards=shards, workers=0), rank=0, world_size=1)
     with pytest.raises(ValueError, match="cannot resume"):
         other.load_state_dict(loader.state_dict())
 
 
-def test_bench_load_prints_figures(shard_dir):
+def test_bench_load_prints_figures(shards):
     import subprocess
     import sys
 
@@ -114,7 +99,7 @@ def test_bench_load_prints_figures(shard_dir):
             "bench",
             "load",
             "--shards",
-            str(shard_dir),
+            str(shards),
             "--workers",
             "0,1",
             "--batches",
@@ -130,10 +115,10 @@ def test_bench_load_prints_figures(shard_dir):
     assert all(float(r[3]) > 0 for r in rows)  # decisions/s
 
 
-def test_read_time_filters(shard_dir):
+def test_read_time_filters(shards):
     kept = _take(
         TrajectoryLoader(
-            LoaderConfig(shards=shard_dir, batch_size=2, workers=0, formats=["gen9randombattle"])
+            LoaderConfig(shards=shards, batch_size=2, workers=0, formats=["gen9randombattle"])
         ),
         2,
     )
@@ -142,15 +127,13 @@ def test_read_time_filters(shard_dir):
     with pytest.raises(RuntimeError, match="no sample"):
         _take(
             TrajectoryLoader(
-                LoaderConfig(shards=shard_dir, batch_size=2, workers=0, formats=["gen1ou"])
+                LoaderConfig(shards=shards, batch_size=2, workers=0, formats=["gen1ou"])
             ),
             1,
         )
     # Simulator battles carry no rating: a rating floor filters every one of them.
     with pytest.raises(RuntimeError, match="no sample"):
         _take(
-            TrajectoryLoader(
-                LoaderConfig(shards=shard_dir, batch_size=2, workers=0, min_rating=1000)
-            ),
+            TrajectoryLoader(LoaderConfig(shards=shards, batch_size=2, workers=0, min_rating=1000)),
             1,
         )

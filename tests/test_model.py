@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import simulated_shards
 
 from pokeagent.data.encode import schema
 from pokeagent.data.loader import LoaderConfig, TrajectoryLoader
@@ -27,16 +26,7 @@ def test_preset_sizes_match_their_names(name):
 
 
 @pytest.fixture(scope="module")
-def batch(showdown_package, tmp_path_factory):
-    shards = simulated_shards(
-        showdown_package,
-        tmp_path_factory.mktemp("model"),
-        12,
-        31,
-        players={"move_prob": 0.8, "tera_prob": 0.2},
-        workers=1,
-        val_fraction=0.0,
-    )
+def batch(shards):
     return next(
         iter(TrajectoryLoader(LoaderConfig(shards=shards, batch_size=8, window=32, workers=0)))
     )

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_simulated_replays
+from helpers import write_simulated_replays
 
 from pokeagent import native
 

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import write_simulated_replays
+from helpers import write_simulated_replays
 
 from pokeagent.data.encode import encode
 from pokeagent.data.pack import PackConfig, pack, split_of

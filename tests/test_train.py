@@ -10,38 +10,9 @@ import time
 
 import pytest
 import torch
-from conftest import simulated_shards, train_env
+from helpers import TRAIN, torchrun, train_env
 
 from pokeagent.train.ds_config import DS_CONFIG_DIR
-
-TRAIN = [sys.executable, "-m", "pokeagent.train"]
-
-
-@pytest.fixture(scope="module")
-def shards(showdown_package, tmp_path_factory):
-    return simulated_shards(
-        showdown_package,
-        tmp_path_factory.mktemp("train"),
-        30,
-        41,
-        players={"move_prob": 0.8, "tera_prob": 0.2},
-        workers=2,
-        shard_size=100_000,
-        val_fraction=0.0,
-    )
-
-
-def _torchrun(nproc: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
-        "-m",
-        "pokeagent.train",
-    ]
 
 
 def _cpu_variant(name: str, tmp_path) -> str:
@@ -180,7 +151,7 @@ def test_two_ranks_train_with_each_zero_stage(shards, tmp_path, stage):
         **{"ds-config": _cpu_variant(stage, tmp_path), "workers-per-gpu": 1, "learning-rate": 3e-3},
     )
     run = subprocess.run(
-        _torchrun(2) + args, env=train_env(), capture_output=True, text=True, timeout=600
+        torchrun(2) + args, env=train_env(), capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     losses = list(_losses(run_dir).values())
@@ -201,7 +172,7 @@ def test_two_ranks_sigterm_and_resume(shards, tmp_path):
     steps = 16
     config = {"ds-config": _cpu_variant("zero2_bf16", tmp_path), "workers-per-gpu": 1}
     straight = subprocess.run(
-        _torchrun(2) + _args(shards, tmp_path / "a", steps, **config),
+        torchrun(2) + _args(shards, tmp_path / "a", steps, **config),
         env=train_env(),
         capture_output=True,
         text=True,
@@ -212,7 +183,7 @@ def test_two_ranks_sigterm_and_resume(shards, tmp_path):
 
     run_b = tmp_path / "b"
     launcher = subprocess.Popen(
-        _torchrun(2) + _args(shards, run_b, steps, **config),
+        torchrun(2) + _args(shards, run_b, steps, **config),
         env=train_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -232,7 +203,7 @@ def test_two_ranks_sigterm_and_resume(shards, tmp_path):
     stopped_at = max(_losses(run_b))
     assert stopped_at < steps
     resumed = subprocess.run(
-        _torchrun(2) + _args(shards, run_b, steps, **config),
+        torchrun(2) + _args(shards, run_b, steps, **config),
         env=train_env(),
         capture_output=True,
         text=True,

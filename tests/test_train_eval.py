@@ -9,25 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import simulated_shards, train_env
+from helpers import TRAIN, torchrun, train_env
 
 from pokeagent.eval.offline import OfflineEvalConfig, run_offline_eval
-
-TRAIN = [sys.executable, "-m", "pokeagent.train"]
-
-
-@pytest.fixture(scope="module")
-def shards(showdown_package, tmp_path_factory):
-    return simulated_shards(
-        showdown_package,
-        tmp_path_factory.mktemp("train-eval"),
-        24,
-        41,
-        players={"move_prob": 0.8, "tera_prob": 0.2},
-        workers=1,
-        shard_size=100_000,
-        val_fraction=0.25,
-    )
 
 
 def _train(shards, run_dir, *extra: str) -> subprocess.CompletedProcess:
@@ -232,8 +216,7 @@ def test_two_ranks_zero3_validate_without_changing_training(shards, tmp_path):
     config = json.loads((DS_CONFIG_DIR / "zero3_bf16.json").read_text())
     config["optimizer"]["params"]["torch_adam"] = True  # no JIT-built Adam on CPU
     (tmp_path / "zero3.json").write_text(json.dumps(config))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    launch = [*torchrun, "2", "-m", "pokeagent.train", "--ds-config", str(tmp_path / "zero3.json")]
+    launch = [*torchrun(2), "--ds-config", str(tmp_path / "zero3.json")]
     common = ["--test-mode", "--data-dir", str(shards), "--max-steps", "6", "--log-every", "3"]
     for name, extra in (("plain", []), ("eval", ["--eval-every", "3", "--eval-samples", "6"])):
         run = subprocess.run(

@@ -9,25 +9,9 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-from conftest import simulated_shards
-
 from pokeagent.launch.resources import gpu_memory_gb
 from pokeagent.launch.validate import FAIL, PASS, SKIP, ValidateConfig, validate
 from pokeagent.train.ds_config import load_ds_json
-
-
-@pytest.fixture(scope="module")
-def shards(showdown_package, tmp_path_factory):
-    return simulated_shards(
-        showdown_package,
-        tmp_path_factory.mktemp("validate"),
-        6,
-        3,
-        workers=1,
-        shard_size=20_000,
-        val_fraction=0.2,
-    )
 
 
 def _cfg(data_dir, tmp_path, **extra) -> ValidateConfig:
