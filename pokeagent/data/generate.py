@@ -1,9 +1,16 @@
 """Battles on the local simulator -> replays (public view) + ground truth of every decision.
 
 Two ways to play:
-- poke-env baselines (`random`, `maxpower`, `heuristic`) on a local Showdown server: real
-  websocket players, `concurrency` battles at a time, each under a timeout;
+- poke-env players on a local Showdown server: the baselines (`random`, `maxpower`,
+  `heuristic`) and the trained agent (`agent:PATH[@TEMPERATURE]`, see
+  `pokeagent.showdown.players.PlayerSpec`): real websocket players, `concurrency` battles at a
+  time, each under a timeout;
 - `sim-random`: the simulator's own RandomPlayerAI in-process (no server; seeded, deterministic).
+
+Two players, or one player against a weighted pool of opponents (`opponents`): the battles are
+split among the pool by weight. This layer does not import the network: players are built by a
+`PlayerMaker` (`generate(cfg, players=...)`); the default builds baselines, and
+`pokeagent.eval.agent.AgentMaker()` builds the agent too (the CLI passes it).
 
 Either way each battle ends as a Showdown *input log* (seed, teams, every choice), and one code
 path (`simtool.js replay`, via `pokeagent.showdown.simtool`) re-runs it to produce the public
@@ -15,6 +22,8 @@ players, log, rating, uploadtime), `ground_truth.jsonl` (same ids: decisions, wi
 log), `summary.json`.
 
     pokeagent generate --format gen9randombattle --battles 200 --players heuristic,maxpower --out runs/gen
+    pokeagent generate --battles 400 --players agent:runs/a@1.0 \
+        --opponents heuristic=2,maxpower=1,agent:runs/a@1.5=1 --out runs/self
 """
 
 from __future__ import annotations
@@ -30,16 +39,20 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pokeagent.progress import progress as progress_bar
 from pokeagent.showdown import simtool
 from pokeagent.showdown.install import install
 
+if TYPE_CHECKING:
+    from pokeagent.showdown.players import PlayerMaker
+
 SIM_RANDOM = "sim-random"
 """Player kind: the simulator's RandomPlayerAI, played in-process without a server."""
 
-SERVER_KINDS = ("random", "maxpower", "heuristic")
-"""Player kinds that play through poke-env on a local server."""
+SERVER_KINDS = ("random", "maxpower", "heuristic", "agent")
+"""Player kinds that play through poke-env on a local server (`agent` as `agent:PATH[@T]`)."""
 
 
 @dataclass
@@ -52,8 +65,14 @@ class GenerateConfig:
     """Showdown format id. Formats without random teams need `teams_file`."""
     battles: int = 100
     """How many battles to play."""
-    players: tuple[str, str] = ("heuristic", "maxpower")
-    """The two player kinds: random, maxpower, heuristic (server) or sim-random (both sides)."""
+    players: tuple[str, ...] = ("heuristic", "maxpower")
+    """Two player specs: random, maxpower, heuristic, agent:PATH[@TEMPERATURE] (server), or
+    sim-random (both sides); one spec where `opponents` is given. Stored in canonical form
+    (`agent:PATH@T`), which is each player's label in the summary and ground truth."""
+    opponents: tuple[tuple[str, float], ...] = ()
+    """A pool that `players[0]` meets, as (spec, weight) pairs (or `heuristic=2,maxpower=1,
+    agent:runs/a@1.5=1`): the battles are split among them in proportion to the weights
+    (largest remainders, the earlier entry first on a tie), each opponent played in a block."""
     seed: int = 0
     """Seeds battles and players. sim-random output is a pure function of it; server battles
     are not (the server seeds its battles itself and concurrency reorders them)."""
@@ -69,18 +88,29 @@ class GenerateConfig:
     def __post_init__(self):
         self.out = Path(self.out)
         self.players = tuple(self.players)
-        if len(self.players) != 2:
-            raise ValueError(f"need exactly two players, got {self.players}")
-        kinds = set(self.players)
-        if SIM_RANDOM in kinds and kinds != {SIM_RANDOM}:
+        if isinstance(self.opponents, str):
+            self.opponents = tuple((str(s), w) for s, w in _parse_pool(self.opponents))
+        self.opponents = tuple((str(spec), float(weight)) for spec, weight in self.opponents)
+        wanted = 1 if self.opponents else 2
+        if len(self.players) != wanted:
             raise ValueError(
-                "sim-random plays both sides in the simulator; it cannot face a server player"
+                f"need {'one player and a pool of opponents' if self.opponents else 'exactly two players'}"
+                f", got players {self.players}"
             )
-        unknown = kinds - set(SERVER_KINDS) - {SIM_RANDOM}
-        if unknown:
-            raise ValueError(
-                f"unknown player kind(s) {sorted(unknown)}; choose from {[*SERVER_KINDS, SIM_RANDOM]}"
-            )
+        kinds = {spec.partition(":")[0] for spec in self.players + self.specs_of_pool()}
+        if SIM_RANDOM in kinds:
+            if kinds != {SIM_RANDOM} or self.opponents:
+                raise ValueError(
+                    "sim-random plays both sides in the simulator; it cannot face a server player"
+                )
+        else:
+            self.players = tuple(_canonical(spec) for spec in self.players)
+            self.opponents = tuple((_canonical(spec), w) for spec, w in self.opponents)
+            pool = self.specs_of_pool()
+            if len(set(pool)) != len(pool):
+                raise ValueError(f"an opponent appears twice in the pool: {pool}")
+            if any(weight <= 0 for _, weight in self.opponents):
+                raise ValueError(f"pool weights must be > 0: {self.opponents}")
         if self.battles < 1 or self.concurrency < 1:
             raise ValueError("battles and concurrency must be >= 1")
         if self.teams_file is None and not is_random_team_format(self.format):
@@ -93,6 +123,52 @@ class GenerateConfig:
     def uses_server(self) -> bool:
         return self.players[0] != SIM_RANDOM
 
+    def specs_of_pool(self) -> tuple[str, ...]:
+        return tuple(spec for spec, _ in self.opponents)
+
+    def matchups(self) -> list[tuple[tuple[str, str], int]]:
+        """((spec, spec), battles) per pairing played, in playing order; a pool opponent whose
+        share rounds to no battle is left out."""
+        if not self.opponents:
+            return [((self.players[0], self.players[1]), self.battles)]
+        counts = split_by_weight(self.battles, [w for _, w in self.opponents])
+        return [
+            ((self.players[0], spec), n)
+            for (spec, _), n in zip(self.opponents, counts, strict=True)
+            if n
+        ]
+
+    def labels(self) -> list[str]:
+        """Every player label of the summary, in order (the same spec on both sides of a
+        pairing gets #1/#2)."""
+        labels = []
+        for pair, _ in self.matchups():
+            labels += [label for label in player_labels(pair) if label not in labels]
+        return labels
+
+
+def _canonical(text: str) -> str:
+    from pokeagent.showdown.players import PlayerSpec
+
+    return str(PlayerSpec.parse(text))
+
+
+def _parse_pool(text: str):
+    from pokeagent.showdown.players import parse_pool
+
+    return parse_pool(text)
+
+
+def split_by_weight(total: int, weights: list[float]) -> list[int]:
+    """`total` split in proportion to `weights` (largest remainders; ties to the earlier)."""
+    whole = sum(weights)
+    exact = [total * w / whole for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
 
 @dataclass
 class GenerateSummary:
@@ -102,6 +178,8 @@ class GenerateSummary:
     """Battles written (complete, with ground truth)."""
     wins: dict[str, int] = field(default_factory=dict)
     """Wins per player label, plus 'tie'."""
+    matchups: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per pairing (`A vs B`): battles written, wins per label, 'tie'."""
     mean_turns: float = 0.0
     decisions: int = 0
     """Ground-truth decisions written, both sides."""
@@ -134,7 +212,7 @@ def battle_id(format_id: str, seed) -> str:
     return f"{format_id}-{int.from_bytes(digest[:8], 'big') % 10**10:010d}"
 
 
-def player_labels(players: tuple[str, str]) -> tuple[str, str]:
+def player_labels(players: tuple[str, ...]) -> tuple[str, ...]:
     """Labels for the summary; the same kind on both sides gets #1/#2."""
     if players[0] == players[1]:
         return f"{players[0]}#1", f"{players[1]}#2"
@@ -178,14 +256,24 @@ class _Writer:
     def __init__(self, cfg: GenerateConfig, kinds: dict[str, str]):
         cfg.out.mkdir(parents=True, exist_ok=True)
         self.kinds = kinds
-        self.labels = player_labels(cfg.players)
+        self.labels = cfg.labels()
+        self.matchups = {
+            frozenset(player_labels(pair)): " vs ".join(player_labels(pair))
+            for pair, _ in cfg.matchups()
+        }
         self.replays = open(  # noqa: SIM115 - open for the writer's lifetime, closed in close()
             cfg.out / "replays.jsonl", "w", encoding="utf-8"
         )
         self.truth = open(  # noqa: SIM115
             cfg.out / "ground_truth.jsonl", "w", encoding="utf-8"
         )
-        self.summary = GenerateSummary(wins={label: 0 for label in self.labels} | {"tie": 0})
+        self.summary = GenerateSummary(
+            wins={label: 0 for label in self.labels} | {"tie": 0},
+            matchups={
+                key: {"battles": 0} | dict.fromkeys(labels, 0) | {"tie": 0}
+                for labels, key in self.matchups.items()
+            },
+        )
         self.turns = 0
         self.uploadtime = int(time.time())
 
@@ -198,7 +286,12 @@ class _Writer:
         )
         self.truth.write(json.dumps(ground_truth(record, self.kinds), ensure_ascii=False) + "\n")
         winner = record["winner"]
-        self.summary.wins[self.kinds.get(winner, "tie") if winner else "tie"] += 1
+        outcome = self.kinds.get(winner, "tie") if winner else "tie"
+        self.summary.wins[outcome] += 1
+        key = self.matchups.get(frozenset(self.kinds.get(n) for n in record["players"]))
+        if key is not None:
+            self.summary.matchups[key]["battles"] += 1
+            self.summary.matchups[key][outcome] += 1
         self.summary.battles += 1
         self.summary.decisions += len(record["decisions"])
         self.turns += record["turns"]
@@ -216,11 +309,26 @@ class _Writer:
         return s
 
 
-def generate(cfg: GenerateConfig, progress: bool = True) -> GenerateSummary:
-    """Play `cfg.battles` battles and write replays + ground truth; returns the summary."""
+def generate(
+    cfg: GenerateConfig, progress: bool = True, players: PlayerMaker | None = None
+) -> GenerateSummary:
+    """Play `cfg.battles` battles and write replays + ground truth; returns the summary.
+
+    `players` builds each server player from its spec (default: baselines only,
+    `pokeagent.showdown.players.make_player`; `pokeagent.eval.agent.AgentMaker()` for the agent).
+    """
+    if cfg.uses_server and players is None:
+        from pokeagent.showdown.players import AGENT, make_player
+
+        if any(spec.startswith(AGENT + ":") for spec in cfg.players + cfg.specs_of_pool()):
+            raise ValueError(
+                "agent players need the network: generate(cfg, players="
+                "pokeagent.eval.agent.AgentMaker())"
+            )
+        players = make_player
     package = install()
     if cfg.uses_server:
-        summary = _generate_on_server(cfg, package, progress)
+        summary = _generate_on_server(cfg, package, progress, players)
     else:
         summary = _generate_in_simulator(cfg, package, progress)
     summary_path = cfg.out / "summary.json"
@@ -267,13 +375,15 @@ def _read_teams(path: Path | None) -> list[str] | None:
     return teams
 
 
-def _generate_on_server(cfg: GenerateConfig, package: Path, progress: bool) -> GenerateSummary:
+def _generate_on_server(
+    cfg: GenerateConfig, package: Path, progress: bool, players: PlayerMaker
+) -> GenerateSummary:
     from pokeagent.showdown.server import ShowdownServer
 
     logs_dir = cfg.out / "server-logs"
     items, server_winners = [], {}
     with ShowdownServer(logs_dir=logs_dir) as server:
-        played = asyncio.run(_play_all(cfg, server, progress))
+        played = asyncio.run(_play_all(cfg, server, progress, players))
         # The server writes each battle's log asynchronously after the battle: read them all
         # before stopping it, or the last few are lost.
         for _tag, item, server_log in _server_items(logs_dir, played.battle_tags):
@@ -350,23 +460,38 @@ class _Played:
     seconds: float = 0.0
 
 
-async def _play_all(cfg: GenerateConfig, server, progress: bool) -> _Played:
-    from pokeagent.showdown.players import TeamPool, make_baseline, unique_name
+async def _play_all(cfg: GenerateConfig, server, progress: bool, players: PlayerMaker) -> _Played:
+    from pokeagent.showdown.players import PlayerSpec, TeamPool, unique_name
 
     random.seed(cfg.seed)  # poke-env's baselines draw from the global RNG
     teams = _read_teams(cfg.teams_file)
-    labels = player_labels(cfg.players)
+    matchups = cfg.matchups()
     played = _Played()
-    pending = list(range(cfg.battles))
+    # (pairing, battle number within it): each pairing in a block, so a worker keeps its pair.
+    pending = [(m, number) for m, (_, count) in enumerate(matchups) for number in range(count)]
     bar = progress_bar(total=cfg.battles, desc="battles", unit="battle", disable=not progress)
+    made = Counter()
 
-    def new_pair(worker: int):
+    def new_pair(worker: int, matchup: int):
         pair = []
-        for side, (kind, label) in enumerate(zip(cfg.players, labels, strict=True)):
-            name = unique_name(f"{kind[:5]}{worker}{'ab'[side]}")
-            team = TeamPool(teams, seed=cfg.seed * 1000 + worker * 2 + side) if teams else None
-            pair.append(make_baseline(kind, name, server.server_configuration(), cfg.format, team))
+        specs = matchups[matchup][0]
+        for side, (spec, label) in enumerate(zip(specs, player_labels(specs), strict=True)):
+            name = unique_name(f"{spec[:5]}{worker}{'ab'[side]}")
+            # Every player built gets its own seed (teams, the agent's sampling).
+            seed = cfg.seed * 100_000 + worker * 1000 + made[worker] * 2 + side
+            team = TeamPool(teams, seed=seed) if teams else None
+            pair.append(
+                players(
+                    PlayerSpec.parse(spec),
+                    name,
+                    server.server_configuration(),
+                    cfg.format,
+                    team=team,
+                    seed=seed,
+                )
+            )
             played.kinds[name] = label
+        made[worker] += 1
         return pair
 
     async def retire(pair) -> None:
@@ -377,9 +502,13 @@ async def _play_all(cfg: GenerateConfig, server, progress: bool) -> _Played:
                 await asyncio.wait_for(player.ps_client.stop_listening(), 10)
 
     async def worker(index: int) -> None:
-        pair = new_pair(index)
+        pair, current = None, None
         while pending:
-            number = pending.pop(0)
+            matchup, number = pending.pop(0)
+            if matchup != current:
+                if pair is not None:
+                    await retire(pair)
+                pair, current = new_pair(index, matchup), matchup
             # Alternate who challenges, so each kind plays both p1 and p2.
             first, second = pair if number % 2 == 0 else pair[::-1]
             before = set(first.battles)
@@ -390,13 +519,13 @@ async def _play_all(cfg: GenerateConfig, server, progress: bool) -> _Played:
             except TimeoutError:
                 played.timed_out += 1
                 await retire(pair)
-                pair = new_pair(index)
+                pair = new_pair(index, matchup)
                 bar.update(1)
                 continue
             except Exception as error:  # a lost connection etc.: count it, play on
                 played.failed[f"play: {type(error).__name__}"] += 1
                 await retire(pair)
-                pair = new_pair(index)
+                pair = new_pair(index, matchup)
                 bar.update(1)
                 continue
             new_tags = [tag for tag in first.battles if tag not in before]
@@ -405,7 +534,8 @@ async def _play_all(cfg: GenerateConfig, server, progress: bool) -> _Played:
             else:
                 played.failed["battle not finished"] += 1
             bar.update(1)
-        await retire(pair)
+        if pair is not None:
+            await retire(pair)
 
     started = time.monotonic()
     await asyncio.gather(*(worker(i) for i in range(min(cfg.concurrency, cfg.battles))))

@@ -27,11 +27,14 @@ import numpy as np
 import torch
 from poke_env.player import Player
 from poke_env.player.battle_order import BattleOrder
+from poke_env.ps_client.account_configuration import AccountConfiguration
 
 from pokeagent.data.encode import encode
 from pokeagent.data.hindsight import Hindsight
 from pokeagent.data.teams import display_name, members_from_sets
+from pokeagent.eval.checkpoint import LoadedNetwork, load_network, resolve_weights
 from pokeagent.showdown import actions as A
+from pokeagent.showdown.players import AGENT, PlayerSpec, make_player
 from pokeagent.showdown.protocol import ROOM_LINES, parse_line
 from pokeagent.showdown.state import BattleState
 
@@ -333,3 +336,53 @@ class AgentPlayer(Player):
         except Exception as error:
             self._error(error)
             return "/team " + "".join(str(n) for n in random.sample(range(1, 7), 6))
+
+
+class AgentMaker:
+    """Builds the poke-env player of any `PlayerSpec`, the agent among them (a
+    `pokeagent.showdown.players.PlayerMaker`): `generate(cfg, players=AgentMaker())`.
+
+    Each checkpoint is loaded once and its network shared by every player of it (the two sides
+    of a self-play battle, other temperatures); each agent player samples from its own seed.
+    """
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.loaded: dict[str, LoadedNetwork] = {}
+
+    def network(self, checkpoint: str) -> LoadedNetwork:
+        key = str(resolve_weights(checkpoint).resolve())
+        if key not in self.loaded:
+            self.loaded[key] = load_network(key, device=self.device)
+        return self.loaded[key]
+
+    def __call__(
+        self,
+        spec: PlayerSpec,
+        name: str,
+        server_configuration,
+        battle_format: str,
+        *,
+        team=None,
+        seed: int = 0,
+        max_concurrent_battles: int = 1,
+    ) -> Player:
+        if spec.kind != AGENT:
+            return make_player(
+                spec,
+                name,
+                server_configuration,
+                battle_format,
+                team=team,
+                seed=seed,
+                max_concurrent_battles=max_concurrent_battles,
+            )
+        return AgentPlayer(
+            NetworkPolicy(self.network(spec.checkpoint).net, spec.temperature, seed),
+            account_configuration=AccountConfiguration(name, None),
+            server_configuration=server_configuration,
+            battle_format=battle_format,
+            max_concurrent_battles=max_concurrent_battles,
+            team=team,
+            log_level=40,
+        )

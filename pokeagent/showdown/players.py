@@ -1,13 +1,24 @@
-"""poke-env's baseline players, hardened for unattended runs.
+"""poke-env's baseline players, hardened for unattended runs, and who plays a side: `PlayerSpec`.
 
 poke-env never times out and stalls a battle forever when `choose_move` raises: the players
 here catch agent errors, count them, and fall back to a random legal move.
+
+A player is named by a spec (`PlayerSpec.parse`): a baseline kind (`random`, `maxpower`,
+`heuristic`) or the trained agent, `agent:PATH[@TEMPERATURE]` (PATH a checkpoint folder, a run
+directory (its latest checkpoint) or a model.safetensors; TEMPERATURE 0, the default, plays the
+network's most likely legal action, > 0 samples at that temperature). A pool of opponents with
+weights is `SPEC[=WEIGHT],...` (`parse_pool`). This layer builds baselines only (`make_player`);
+the agent needs the network, so `pokeagent.eval.agent.AgentMaker` builds every kind, and callers
+that may name an agent (`generate`, the ladder) take such a maker.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
+from dataclasses import dataclass
+from typing import Protocol
 
 from poke_env.player import MaxBasePowerPlayer, Player, RandomPlayer, SimpleHeuristicsPlayer
 from poke_env.ps_client.account_configuration import AccountConfiguration
@@ -20,7 +31,85 @@ BASELINES: dict[str, type[Player]] = {
 }
 """Baseline kinds by the name used on the command line."""
 
+AGENT = "agent"
+"""The trained agent's kind: `agent:PATH[@TEMPERATURE]`."""
+
 MAX_NAME_LENGTH = 18  # Showdown's limit on user names
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class PlayerSpec:
+    """Who plays one side of a battle: a baseline, or the agent from a checkpoint."""
+
+    kind: str
+    """random, maxpower, heuristic or agent."""
+    checkpoint: str | None = None
+    """agent only: a checkpoint folder, run directory or model.safetensors."""
+    temperature: float = 0.0
+    """agent only: 0 plays the most likely legal action; > 0 samples at this temperature."""
+
+    def __post_init__(self):
+        if self.kind == AGENT:
+            if not self.checkpoint:
+                raise ValueError("an agent player needs a checkpoint: agent:PATH[@TEMPERATURE]")
+            if self.temperature < 0:
+                raise ValueError(f"{self}: the temperature must be >= 0")
+        elif self.kind in BASELINES:
+            if self.checkpoint is not None or self.temperature:
+                raise ValueError(f"baseline {self.kind!r} takes no checkpoint or temperature")
+        else:
+            raise ValueError(
+                f"unknown player {self.kind!r}; choose from {sorted(BASELINES)} or "
+                f"{AGENT}:PATH[@TEMPERATURE]"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> PlayerSpec:
+        """`heuristic`, `agent:runs/a/checkpoints/step00001000`, `agent:runs/a@0.7`. A PATH
+        ending in `@<number>` gives the temperature; any other `@` stays in the path."""
+        text = text.strip()
+        kind, colon, rest = text.partition(":")
+        if not colon:
+            return cls(kind)
+        if kind != AGENT:
+            raise ValueError(f"{text!r}: only the agent takes a path ({AGENT}:PATH[@TEMPERATURE])")
+        path, at, tail = rest.rpartition("@")
+        temperature = _number(tail) if at else None
+        if temperature is None:
+            path, temperature = rest, 0.0
+        return cls(AGENT, path, temperature)
+
+    def __str__(self) -> str:
+        if self.kind != AGENT:
+            return self.kind
+        return f"{AGENT}:{self.checkpoint}@{self.temperature:g}"
+
+
+def parse_pool(text: str) -> tuple[tuple[PlayerSpec, float], ...]:
+    """`heuristic=2,maxpower=1,agent:runs/a@1.0=1` -> ((spec, weight), ...); a weight left out
+    is 1. Weights must be > 0."""
+    pool = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        spec, equals, tail = item.rpartition("=")
+        weight = _number(tail) if equals else None
+        if weight is None:
+            spec, weight = item, 1.0
+        if weight <= 0:
+            raise ValueError(f"{item!r}: a pool weight must be > 0")
+        pool.append((PlayerSpec.parse(spec), weight))
+    if not pool:
+        raise ValueError(f"{text!r}: an empty pool")
+    return tuple(pool)
 
 
 class TeamPool(Teambuilder):
@@ -78,4 +167,42 @@ def make_baseline(
         max_concurrent_battles=max_concurrent_battles,
         team=team,
         log_level=40,
+    )
+
+
+class PlayerMaker(Protocol):
+    """Builds the poke-env player of a spec: `make_player` (baselines), or
+    `pokeagent.eval.agent.AgentMaker` (every kind, the agent among them)."""
+
+    def __call__(
+        self,
+        spec: PlayerSpec,
+        name: str,
+        server_configuration,
+        battle_format: str,
+        *,
+        team: Teambuilder | None = None,
+        seed: int = 0,
+        max_concurrent_battles: int = 1,
+    ) -> Player: ...
+
+
+def make_player(
+    spec: PlayerSpec,
+    name: str,
+    server_configuration,
+    battle_format: str,
+    *,
+    team: Teambuilder | None = None,
+    seed: int = 0,
+    max_concurrent_battles: int = 1,
+) -> Player:
+    """A `PlayerMaker` for baselines (their randomness is the global RNG's: `seed` is unused)."""
+    if spec.kind == AGENT:
+        raise ValueError(
+            f"{spec}: an agent player needs the network; pass `players="
+            "pokeagent.eval.agent.AgentMaker()` (the CLI does)"
+        )
+    return make_baseline(
+        spec.kind, name, server_configuration, battle_format, team, max_concurrent_battles
     )
