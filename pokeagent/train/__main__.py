@@ -162,12 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg)
         resumed = trainer.try_resume()  # automatic whenever the run directory holds a checkpoint
+        checkpoints = trainer.run_dir.checkpoints
         if args.resume and not resumed:
             raise SystemExit(
-                f"--resume: no checkpoint in {trainer.ckpt_dir} (its `latest` file is missing)"
+                f"--resume: no checkpoint in {checkpoints} (its `latest` file is missing)"
             )
-        if resumed and trainer.rank == 0:
-            print(f"resumed from step {trainer.resumed_from} ({trainer.ckpt_dir})", flush=True)
+        if resumed:
+            trainer.log.say(f"resumed from step {trainer.resumed_from} ({checkpoints})")
         trainer.run()
     except torch.cuda.OutOfMemoryError as error:
         print(out_of_memory_message(cfg, error), file=sys.stderr, flush=True)
