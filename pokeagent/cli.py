@@ -2,9 +2,11 @@
 
 pokeagent showdown install|start|stop|status|teams
 pokeagent generate --format gen9randombattle --battles 200 --players heuristic,maxpower --out DIR
+pokeagent generate --players agent:RUN_DIR@1.0 --opponents heuristic=2,agent:RUN_DIR@1.5=1 --out DIR
 pokeagent download --dataset metamon-raw --formats gen1ou --min-rating 1300 --out DIR
 pokeagent eval offline --checkpoint RUN_DIR --shards SHARDS_DIR
 pokeagent eval battles --checkpoint RUN_DIR --opponents random,maxpower,heuristic --battles 200
+pokeagent eval ladder RUN_A/checkpoints/step00001000 RUN_B --games 1000 --out DIR
 pokeagent status RUN_DIR
 pokeagent demo
 """
@@ -85,13 +87,20 @@ def _generate(args: argparse.Namespace) -> int:
         out=Path(args.out),
         format=args.format,
         battles=args.battles,
-        players=_two_players(args.players),
+        players=_two_players(args.players) if not args.opponents else (args.players.strip(),),
+        opponents=args.opponents or (),
         seed=args.seed,
         concurrency=args.concurrency,
         teams_file=Path(args.teams) if args.teams else None,
         battle_timeout_s=args.battle_timeout,
     )
-    summary = generate(cfg, progress=not args.no_progress)
+    maker = None
+    if any(spec.startswith("agent:") for spec in cfg.players + cfg.specs_of_pool()):
+        from pokeagent.eval.agent import AgentMaker
+
+        maker = AgentMaker(device=args.device)
+        maker.preload(cfg.players + cfg.specs_of_pool())
+    summary = generate(cfg, progress=not args.no_progress, players=maker)
     print(summary.table())
     print(f"-> {cfg.out}/replays.jsonl, {cfg.out}/ground_truth.jsonl, {cfg.out}/summary.json")
     return 0
@@ -302,6 +311,27 @@ def _eval(args: argparse.Namespace) -> int:
         print(markdown(report))
         print(f"-> {report['out']}/battles.json, report.md, battles.png")
         return 0
+    if args.action == "ladder":
+        from pokeagent.eval.ladder import LadderConfig, markdown, run_ladder
+
+        report = run_ladder(
+            LadderConfig(
+                out=Path(args.out),
+                checkpoints=tuple(args.checkpoints),
+                baselines=tuple(b.strip() for b in args.baselines.split(",") if b.strip()),
+                format=args.format,
+                games=args.games,
+                temperature=args.temperature,
+                concurrency=args.concurrency,
+                seed=args.seed,
+                bootstrap=args.bootstrap,
+                device=args.device,
+            ),
+            progress=not args.no_progress,
+        )
+        print(markdown(report))
+        print(f"-> {report['out']}/games.jsonl, ladder.json, ladder.md, ladder.png")
+        return 0
     raise AssertionError(args.action)
 
 
@@ -351,8 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--players",
         default="heuristic,maxpower",
-        help="two of random, maxpower, heuristic (poke-env on a local server), or sim-random (in-process)",
+        help="two of random, maxpower, heuristic, agent:CHECKPOINT[@TEMPERATURE] (poke-env on a "
+        "local server), or sim-random (in-process); one player with --opponents",
     )
+    gen.add_argument(
+        "--opponents",
+        default=None,
+        help="a pool the one --players player meets, SPEC[=WEIGHT],... (battles split by weight), "
+        "e.g. heuristic=2,maxpower=1,agent:runs/a@1.5=1",
+    )
+    gen.add_argument("--device", default="cpu", help="where agent players' networks run")
     gen.add_argument("--out", required=True)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--concurrency", type=int, default=4)
@@ -507,6 +545,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="default: <run dir>/eval/battles-step<N>")
     p.add_argument("--device", default="cpu")
+    p = ev_actions.add_parser(
+        "ladder",
+        help="round-robin among checkpoints and baselines: ratings (Random = 1000) with intervals",
+    )
+    p.add_argument(
+        "checkpoints",
+        nargs="*",
+        help="checkpoint folders, run directories (latest) or model.safetensors, each [@TEMPERATURE]",
+    )
+    p.add_argument("--baselines", default="random,maxpower,heuristic", help="random is the anchor")
+    p.add_argument("--games", type=int, default=1000, help="games per pair, sides alternated")
+    p.add_argument("--format", default="gen9randombattle")
+    p.add_argument("--temperature", type=float, default=0.0, help="for checkpoints without @T")
+    p.add_argument("--concurrency", type=int, default=4, help="games of a pair at once")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the intervals")
+    p.add_argument("--out", required=True, help="a rerun (or more checkpoints) resumes it")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_eval)
 
     val = verbs.add_parser(

@@ -257,10 +257,8 @@ class _Writer:
         cfg.out.mkdir(parents=True, exist_ok=True)
         self.kinds = kinds
         self.labels = cfg.labels()
-        self.matchups = {
-            frozenset(player_labels(pair)): " vs ".join(player_labels(pair))
-            for pair, _ in cfg.matchups()
-        }
+        pairs = [player_labels(pair) for pair, _ in cfg.matchups()]
+        self.matchups = {frozenset(labels): " vs ".join(labels) for labels in pairs}
         self.replays = open(  # noqa: SIM115 - open for the writer's lifetime, closed in close()
             cfg.out / "replays.jsonl", "w", encoding="utf-8"
         )
@@ -270,8 +268,8 @@ class _Writer:
         self.summary = GenerateSummary(
             wins={label: 0 for label in self.labels} | {"tie": 0},
             matchups={
-                key: {"battles": 0} | dict.fromkeys(labels, 0) | {"tie": 0}
-                for labels, key in self.matchups.items()
+                " vs ".join(labels): {"battles": 0} | dict.fromkeys(labels, 0) | {"tie": 0}
+                for labels in pairs
             },
         )
         self.turns = 0

@@ -350,6 +350,14 @@ class AgentMaker:
         self.device = device
         self.loaded: dict[str, LoadedNetwork] = {}
 
+    def preload(self, specs) -> None:
+        """Load the networks of these specs (texts or PlayerSpecs) now: a wrong path fails
+        before any server starts."""
+        for spec in specs:
+            spec = spec if isinstance(spec, PlayerSpec) else PlayerSpec.parse(spec)
+            if spec.kind == AGENT:
+                self.network(spec.checkpoint)
+
     def network(self, checkpoint: str) -> LoadedNetwork:
         key = str(resolve_weights(checkpoint).resolve())
         if key not in self.loaded:
