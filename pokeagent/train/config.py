@@ -75,6 +75,10 @@ class TrainConfig:
     """Log every step (unless --log-every is given), Python logging at DEBUG, and
     TORCH_DISTRIBUTED_DEBUG=DETAIL for the process group."""
 
+    peak_tflops: float = 0.0
+    """The GPU's peak TFLOP/s for MFU; 0: from the GPU's name and the run's precision
+    (model/flops.py), or POKEAGENT_PEAK_TFLOPS; no MFU on CPU unless given."""
+
     # Offline RL (model/loss.py, model/rewards.py): a critic and advantage-weighted imitation.
     objective: str = "bc"
     """Policy objective: bc (plain imitation), binary (imitate where the critic's advantage is
@@ -118,6 +122,8 @@ class TrainConfig:
                 raise ValueError(f"--{option.replace('_', '-')} must be >= {least} (got {value})")
         if self.eval_battles and not self.eval_every:
             raise ValueError("--eval-battles needs --eval-every (battles follow each validation)")
+        if self.peak_tflops < 0:
+            raise ValueError(f"--peak-tflops must be >= 0 (got {self.peak_tflops})")
         if self.critic_heads < 0:
             raise ValueError(f"--critic-heads must be >= 0 (got {self.critic_heads})")
         if self.objective != "bc" and not self.critic_heads:

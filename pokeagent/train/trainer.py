@@ -27,11 +27,13 @@ from torch import nn
 from pokeagent.data.encode import schema
 from pokeagent.data.loader import LoaderConfig, TrajectoryLoader
 from pokeagent.model.config import preset
-from pokeagent.model.loss import LossConfig, compute_loss
+from pokeagent.model.flops import flops_per_decision, mfu, peak_flops, precision_of
+from pokeagent.model.loss import CRITIC_SUMS, LossConfig, compute_loss
 from pokeagent.model.network import PokeAgentNet, count_parameters
 from pokeagent.run_dir import BEST, RunDir
 from pokeagent.train.checkpoint import Checkpointer, resplit
 from pokeagent.train.config import TrainConfig
+from pokeagent.train.critic_target import CriticTarget
 from pokeagent.train.ds_config import resolve_run
 from pokeagent.train.runlog import RunLog
 
@@ -48,15 +50,21 @@ _LOGGED_SUMS = (
 
 
 class _TrainModule(nn.Module):
-    """The network plus its loss: what the DeepSpeed engine wraps."""
+    """The network plus its loss: what the DeepSpeed engine wraps. With a critic, `target` (set
+    by the trainer once the engine exists) holds the critic's fp32 target, outside the module."""
 
     def __init__(self, net: PokeAgentNet, loss_cfg: LossConfig):
         super().__init__()
         self.net, self.loss_cfg = net, loss_cfg
+        self.target: CriticTarget | None = None
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        logits, value = self.net(batch)
-        return compute_loss(logits, value, batch, self.loss_cfg)
+        if self.net.critic is None:
+            logits, value = self.net(batch)
+            return compute_loss(logits, value, batch, self.loss_cfg)
+        weights = self.target.weights if self.target is not None else None
+        logits, value, q, q_target = self.net(batch, critic=True, critic_target=weights)
+        return compute_loss(logits, value, batch, self.loss_cfg, q=q, q_target=q_target)
 
 
 def init_distributed() -> torch.device:
@@ -110,6 +118,20 @@ class StepRecord:
     lr: float
 
 
+def critic_scalars(sums: dict[str, float], micro: float, labelled: float) -> dict[str, float]:
+    """TensorBoard figures of the critic from an interval's sums (model/loss.py CRITIC_SUMS)."""
+    mean = sums["advantage_sum"] / labelled
+    return {
+        "critic/loss": sums["critic_loss"] / micro,
+        "critic/q_taken": sums["q_taken_sum"] / labelled,
+        "critic/advantage_mean": mean,
+        "critic/advantage_std": math.sqrt(max(0.0, sums["advantage_sq_sum"] / labelled - mean**2)),
+        "critic/kept_share": sums["kept"] / labelled,
+        "critic/weight_mean": sums["weight_sum"] / labelled,
+        "critic/trained_share": sums["critic_trained"] / labelled,
+    }
+
+
 class _Interval:
     """One log interval's sums on this rank: the loss parts, micro-steps, samples, data wait."""
 
@@ -117,7 +139,7 @@ class _Interval:
         self.started, self.sums, self.waited = started, {}, 0.0
 
     def add(self, parts: dict, samples: int) -> None:
-        for key in _LOGGED_SUMS:
+        for key in _LOGGED_SUMS + (CRITIC_SUMS if "critic_loss" in parts else ()):
             self.sums[key] = self.sums.get(key, 0.0) + float(parts[key])
         self.sums["micro_steps"] = self.sums.get("micro_steps", 0.0) + 1
         self.sums["samples"] = self.sums.get("samples", 0.0) + samples
@@ -155,16 +177,31 @@ class Trainer:
         plan = resolve_run(cfg, self.world)
         self.peak_lr, self.ds_config = plan.peak_lr, plan.deepspeed
         self.checkpoints.prepare_resume(self.ds_config)  # before the engine reads ds_config
-        net = PokeAgentNet(preset(cfg.model, max_window=max(cfg.window, 16)), schema()["vocab"])
+        model_cfg = preset(cfg.model, max_window=max(cfg.window, 16), critic_heads=cfg.critic_heads)
+        net = PokeAgentNet(model_cfg, schema()["vocab"])
         self.parameters = count_parameters(net)
+        self.flops_per_decision = flops_per_decision(model_cfg, cfg.window)
+        """Training FLOPs per window position (model/flops.py): MFU's numerator."""
+        self.peak_flops = (
+            peak_flops(precision=precision_of(self.ds_config), override=cfg.peak_tflops or None)
+            if self.device.type == "cuda" or cfg.peak_tflops
+            else None
+        )
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=_TrainModule(net, LossConfig(cfg.value_weight)),
+            model=_TrainModule(net, cfg.loss_config()),
             model_parameters=net.parameters(),
             config=self.ds_config,
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lr_lambda(cfg)
             ),
         )
+        self.critic_target = None
+        """The critic's fp32 Polyak target (train/critic_target.py), with a critic."""
+        if self.engine.module.net.critic is not None:
+            self.critic_target = CriticTarget(
+                self.engine.module.net.critic, cfg.target_rate, self.device
+            )
+            self.engine.module.target = self.critic_target
         self.loader = TrajectoryLoader(
             LoaderConfig(
                 shards=cfg.data_dir,
@@ -188,14 +225,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ state and checkpoints
     def state_dict(self) -> dict:
-        """This rank's part of a checkpoint beside the engine's: loader cursor, RNG, counters."""
-        return {
+        """This rank's part of a checkpoint beside the engine's: loader cursor, RNG, counters
+        and, with a critic, its target (the same on every rank)."""
+        state = {
             "loader": self.loader.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "samples_seen": self.samples_seen,
             "decisions_seen": self.decisions_seen,
             "step": self.engine.global_steps,
         }
+        if self.critic_target is not None:
+            state["critic_target"] = self.critic_target.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """A `state_dict()`, or a re-split one (checkpoint.resplit: a `seed` for the RNG)."""
@@ -207,6 +248,14 @@ class Trainer:
         self.samples_seen = state["samples_seen"]
         self.decisions_seen = state["decisions_seen"]
         self.resumed_from = state["step"]
+        if self.critic_target is not None:
+            if "critic_target" not in state:
+                raise RuntimeError(
+                    f"{self.run_dir.checkpoints}: the checkpoint has no critic target: it was "
+                    "trained without a critic (--objective bc, --critic-heads 0); start a new run "
+                    "directory to add one"
+                )
+            self.critic_target.load_state_dict(state["critic_target"])
 
     def save(self) -> str:
         return self.checkpoints.save(
@@ -236,7 +285,10 @@ class Trainer:
         square-root rule."""
         states = self.checkpoints.rank_states(tag)
         cfg = self.cfg
-        self.load_state_dict(resplit(states, self.rank, self.world, cfg.workers_per_gpu, cfg.seed))
+        state = resplit(states, self.rank, self.world, cfg.workers_per_gpu, cfg.seed)
+        if "critic_target" in states[0]:
+            state["critic_target"] = states[0]["critic_target"]  # the same on every rank
+        self.load_state_dict(state)
         self._apply_sample_budget()
         factor = lr_lambda(cfg)(self.scheduler.last_epoch)
         self.scheduler.base_lrs = [self.peak_lr for _ in self.scheduler.base_lrs]
@@ -325,6 +377,8 @@ class Trainer:
             self.samples_seen += self.cfg.batch_size_per_gpu * self.world
             self.decisions_seen += int(parts["decisions"])
             interval.add(parts, self.cfg.batch_size_per_gpu)
+        if self.critic_target is not None:
+            self.critic_target.update(self.engine.module.net.critic)
         return parts
 
     def _record_step(self, step: int, parts: dict) -> None:
@@ -336,8 +390,11 @@ class Trainer:
             self.scheduler.get_last_lr()[0],
         )
         self.history.append(record)
+        row = asdict(record)
+        if "critic_loss" in parts:
+            row["critic_loss"] = float(parts["critic_loss"])
         # Full-precision per-step figures: what resume-exactness checks and plots read.
-        self.log.record(asdict(record))
+        self.log.record(row)
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_requested = True
@@ -370,6 +427,14 @@ class Trainer:
             "throughput/decisions_per_s": sums["decisions"] / max(seconds, 1e-9),
             "throughput/data_wait_share": waited / max(seconds, 1e-9),
         }
+        # MFU counts every window position the network computed, padding included (model/flops.py).
+        positions = sums["samples"] * self.cfg.window / max(seconds, 1e-9)
+        scalars["throughput/tflops"] = positions * self.flops_per_decision / 1e12
+        utilization = mfu(positions, self.flops_per_decision, self.peak_flops)
+        if utilization is not None:
+            scalars["throughput/mfu"] = utilization
+        if "critic_loss" in sums:
+            scalars |= critic_scalars(sums, micro, labelled)
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             scalars["grad_norm"] = float(grad_norm)
@@ -381,6 +446,12 @@ class Trainer:
             f"step {step}/{self.cfg.max_steps} loss {scalars['loss/total']:.4f} top1 {scalars['accuracy/top1']:.3f} "
             f"lr {scalars['lr']:.2e} {scalars['throughput/samples_per_s']:.0f} samples/s "
             f"{scalars['throughput/decisions_per_s']:.0f} decisions/s data-wait {scalars['throughput/data_wait_share']:.0%}"
+            + (f" MFU {scalars['throughput/mfu']:.1%}" if "throughput/mfu" in scalars else "")
+            + (
+                f" critic {scalars['critic/loss']:.4f} kept {scalars['critic/kept_share']:.2f}"
+                if "critic/loss" in scalars
+                else ""
+            )
         )
 
     def _write_job(self, deadline: float) -> None:
