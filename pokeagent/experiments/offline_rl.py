@@ -131,12 +131,15 @@ def train_command(cfg: OfflineRLConfig, objective: str, shards: Path, run_dir: P
     return command + list(cfg.extra_train_args)
 
 
-def train(cfg: OfflineRLConfig, objective: str, shards: Path, run_dir: Path) -> None:
-    """One run to `steps` (resumed if a checkpoint exists; nothing to do if it is complete)."""
+def _trained(cfg: OfflineRLConfig, run_dir: Path) -> bool:
     from pokeagent.run_dir import RunDir
 
-    run = RunDir(run_dir)
-    if any(r.get("step") == cfg.steps for r in run.read_metrics() if "loss" in r):
+    return any(r.get("step") == cfg.steps for r in RunDir(run_dir).read_metrics() if "loss" in r)
+
+
+def train(cfg: OfflineRLConfig, objective: str, shards: Path, run_dir: Path) -> None:
+    """One run to `steps` (resumed if a checkpoint exists; nothing to do if it is complete)."""
+    if _trained(cfg, run_dir):
         return
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     env.pop("RANK", None)
@@ -144,21 +147,24 @@ def train(cfg: OfflineRLConfig, objective: str, shards: Path, run_dir: Path) -> 
     done = subprocess.run(command, env=env, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"training {objective} failed (exit {done.returncode}): {command}")
+    if not _trained(cfg, run_dir):  # a clean stop (SIGTERM, time limit) before the last step
+        raise RuntimeError(f"training {objective} stopped before step {cfg.steps}: run again")
 
 
-def evaluate(cfg: OfflineRLConfig, run_dir: Path, out: Path) -> dict:
+def evaluate(cfg: OfflineRLConfig, run_dir: Path, opponent: str, out: Path) -> dict:
+    """`games` games of the run's last checkpoint against one opponent (kept when complete)."""
     from pokeagent.eval.battles import BattleEvalConfig, evaluate_battles
 
     report_file = out / "battles.json"
     if report_file.is_file():
         report = json.loads(report_file.read_text())
-        if all(report["opponents"][o]["games"] >= 0.99 * cfg.games for o in OPPONENTS):
+        if report["opponents"][opponent]["games"] >= 0.99 * cfg.games:
             return report
     return evaluate_battles(
         BattleEvalConfig(
             checkpoint=str(run_dir),
             format=cfg.format,
-            opponents=OPPONENTS,
+            opponents=(opponent,),
             battles=cfg.games,
             concurrency=cfg.concurrency,
             seed=cfg.seed,
@@ -167,14 +173,14 @@ def evaluate(cfg: OfflineRLConfig, run_dir: Path, out: Path) -> dict:
     )
 
 
-def summarise(reports: dict[str, dict]) -> dict:
-    """Win rates with Wilson intervals per objective and opponent, and one Bradley-Terry fit over
-    every game of every agent (RandomPlayer = 1000)."""
+def summarise(reports: dict[str, dict[str, dict]]) -> dict:
+    """Win rates with Wilson intervals per objective and opponent (`reports[objective][opponent]`,
+    a battles.json), and one Bradley-Terry fit over every game of every agent (Random = 1000)."""
     games: list[tuple[str, str, float]] = []
     table: dict[str, dict] = {}
-    for objective, report in reports.items():
+    for objective, by_opponent in reports.items():
         table[objective] = {}
-        for opponent in OPPONENTS:
+        for opponent, report in by_opponent.items():
             s = report["opponents"][opponent]
             games += [(objective, opponent, 1.0)] * s["wins"]
             games += [(objective, opponent, 0.0)] * s["losses"]
@@ -187,7 +193,8 @@ def summarise(reports: dict[str, dict]) -> dict:
                 "ci95": list(wilson_interval(score, played)),
                 "errors": s["errors"],
             }
-    ratings = bradley_terry(games, anchor="random") if games else {}
+    # Anchored on RandomPlayer: until the games against it are played, no ratings.
+    ratings = bradley_terry(games, anchor="random") if any(g[1] == "random" for g in games) else {}
     return {"table": table, "ratings": ratings}
 
 
@@ -207,14 +214,23 @@ def markdown(summary: dict, cfg: OfflineRLConfig) -> str:
     for objective, row in summary["table"].items():
         cells = []
         for opponent in OPPONENTS:
-            c = row[opponent]
+            c = row.get(opponent)
+            if c is None:
+                cells.append("not played")
+                continue
             rate = "n/a" if c["win_rate"] is None else f"{100 * c['win_rate']:.1f}%"
             cells.append(
                 f"{rate} ({100 * c['ci95'][0]:.1f}-{100 * c['ci95'][1]:.1f}%, n={c['games']})"
             )
-        lines.append(f"| {objective} | " + " | ".join(cells) + f" | {ratings[objective]:.0f} |")
-    baselines = ", ".join(f"{OPPONENT_NAMES[o]} {ratings[o]:.0f}" for o in OPPONENTS)
-    lines += ["", f"Baselines on the same scale (Bradley-Terry, Random = 1000): {baselines}."]
+        rating = f"{ratings[objective]:.0f}" if objective in ratings else "n/a"
+        lines.append(f"| {objective} | " + " | ".join(cells) + f" | {rating} |")
+    baselines = ", ".join(
+        f"{OPPONENT_NAMES[o]} {ratings[o]:.0f}" for o in OPPONENTS if o in ratings
+    )
+    if baselines:
+        lines += ["", f"Baselines on the same scale (Bradley-Terry, Random = 1000): {baselines}."]
+    else:
+        lines += ["", "Ratings follow once the games against RandomPlayer (the anchor) are played."]
     return "\n".join(lines) + "\n"
 
 
@@ -228,7 +244,9 @@ def plot(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(1, len(objectives))
     for i, objective in enumerate(objectives):
-        row = summary["table"][objective]
+        row = {o: summary["table"][objective].get(o) for o in OPPONENTS}
+        empty = {"win_rate": 0.0, "ci95": [0.0, 0.0]}
+        row = {o: c if c is not None else empty for o, c in row.items()}
         rates = [100 * (row[o]["win_rate"] or 0.0) for o in OPPONENTS]
         low = [max(0.0, r - 100 * row[o]["ci95"][0]) for r, o in zip(rates, OPPONENTS, strict=True)]
         high = [
@@ -240,7 +258,7 @@ def plot(summary: dict, path: Path) -> None:
             width,
             yerr=[low, high],
             capsize=4,
-            label=f"{objective} ({summary['ratings'][objective]:.0f})",
+            label=f"{objective} ({summary['ratings'].get(objective, float('nan')):.0f})",
         )
     ax.set_xticks([j + width * (len(objectives) - 1) / 2 for j in range(len(OPPONENTS))])
     ax.set_xticklabels([OPPONENT_NAMES[o].removesuffix("Player") for o in OPPONENTS])
@@ -264,22 +282,34 @@ def run(cfg: OfflineRLConfig) -> dict:
     replays = generate_battles(cfg, out)
     _say("2/4 pack")
     shards = pack_battles(replays, out, cfg.workers)
-    reports = {}
     for objective in cfg.objectives:
-        run_dir = out / f"train-{objective}"
         _say(f"3/4 train {objective}: {cfg.model}, {cfg.steps} steps")
-        train(cfg, objective, shards, run_dir)
-        _say(f"4/4 battles of {objective}: {cfg.games} games against each opponent")
-        reports[objective] = evaluate(cfg, run_dir, out / f"eval-{objective}")
+        train(cfg, objective, shards, out / f"train-{objective}")
+    # Opponent by opponent, the strongest first: a run cut short still compares every objective
+    # against the teacher.
+    reports: dict[str, dict[str, dict]] = {objective: {} for objective in cfg.objectives}
+    for opponent in ("heuristic", "maxpower", "random"):
+        for objective in cfg.objectives:
+            _say(f"4/4 battles: {objective} against {opponent}, {cfg.games} games")
+            folder = out / f"eval-{objective}" / f"vs-{opponent}"
+            reports[objective][opponent] = evaluate(
+                cfg, out / f"train-{objective}", opponent, folder
+            )
+            write_summary(cfg, out, reports)
+    return write_summary(cfg, out, reports, started)
+
+
+def write_summary(cfg: OfflineRLConfig, out: Path, reports: dict, started: float | None = None):
+    """The table, JSON and plot of what has been played so far (rewritten after each block)."""
     summary = summarise(reports)
     summary["config"] = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-    summary["minutes"] = (time.monotonic() - started) / 60
     (out / "offline_rl.json").write_text(json.dumps(summary, indent=2) + "\n")
     text = markdown(summary, cfg)
     (out / "offline_rl.md").write_text(text)
     plot(summary, out / "offline_rl.png")
     print("\n" + text, flush=True)
-    print(f"{summary['minutes']:.0f} min; {out}/offline_rl.md, .json, .png", flush=True)
+    if started is not None:
+        print(f"{(time.monotonic() - started) / 60:.0f} min; {out}/offline_rl.md", flush=True)
     return summary
 
 
