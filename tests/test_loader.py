@@ -137,3 +137,101 @@ def test_read_time_filters(shards):
             TrajectoryLoader(LoaderConfig(shards=shards, batch_size=2, workers=0, min_rating=1000)),
             1,
         )
+
+
+# ------------------------------------------------------------------------------ mixtures
+def _second_folder(shards, tmp_path, count=3):
+    """A second shard folder: `count` of the session's train shards, copied."""
+    folder = tmp_path / "second"
+    folder.mkdir(parents=True)
+    for path in sorted(shards.glob("train-*.tar"))[:count]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_mixture_specs(shards, tmp_path):
+    from pokeagent.data.loader import first_folder, mixture_spec, parse_mixture
+
+    other = _second_folder(shards, tmp_path)
+    assert parse_mixture(str(shards)) is None  # a folder, whatever its name
+    assert parse_mixture("no/such/folder") is None
+    spec = mixture_spec([(shards, 2), (other, 0.5)])
+    assert parse_mixture(spec) == [(str(shards), 2.0), (str(other), 0.5)]
+    assert first_folder(spec) == str(shards) and first_folder(str(other)) == str(other)
+    cfg = LoaderConfig(shards=spec)
+    assert cfg.mixed and cfg.weights == [2.0, 0.5]
+    assert [len(paths) for paths in cfg.sources] == [len(list(shards.glob("train-*.tar"))), 3]
+    for bad, why in (
+        (f"{shards}=1,{other}", "DIR=WEIGHT"),
+        (f"{shards}=1,{other}=0", "> 0"),
+        (f"{shards}=1,{shards}=2", "twice"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            parse_mixture(bad)
+    with pytest.raises(FileNotFoundError, match="a folder of the mixture"):
+        LoaderConfig(shards=f"{shards}=1,{tmp_path / 'empty'}=1")
+
+
+def test_mixture_draws_sources_by_weight(shards, tmp_path):
+    from pokeagent.data.loader import _WorkerStream, mixture_spec
+
+    spec = mixture_spec([(shards, 3), (_second_folder(shards, tmp_path), 1)])
+    cfg = LoaderConfig(shards=spec, batch_size=4, window=8, workers=0, shuffle_buffer=8)
+    stream = _WorkerStream(cfg, 0, 1, None)
+    draws = [stream._source() for _ in range(4000)]
+    assert abs(draws.count(0) / len(draws) - 0.75) < 0.03
+    # Both folders are read, each with its own cursor, whatever their sizes.
+    loader = TrajectoryLoader(cfg)
+    _take(loader, 30)
+    cursor = loader.state_dict()["cursors"]["0"]
+    assert cursor["folders"] == cfg.folders
+    assert all(position != [0, 0, 0] for position in cursor["positions"])
+    assert {entry[0] for entry in cursor["buffer"]} == {0, 1}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_mixture_yields_exactly_the_next_batches(shards, tmp_path, workers):
+    from pokeagent.data.loader import mixture_spec
+
+    spec = mixture_spec([(shards, 1), (_second_folder(shards, tmp_path), 1)])
+    for rank in (0, 1):
+        cfg = dict(shards=spec, batch_size=4, window=16, workers=workers, shuffle_buffer=8, seed=3)
+        uninterrupted = _take(TrajectoryLoader(LoaderConfig(**cfg), rank=rank, world_size=2), 12)
+        first = TrajectoryLoader(LoaderConfig(**cfg), rank=rank, world_size=2)
+        _take(first, 7)
+        state = json.loads(json.dumps(first.state_dict()))
+        resumed = TrajectoryLoader(LoaderConfig(**cfg), rank=rank, world_size=2)
+        resumed.load_state_dict(state)
+        for expected, got in zip(uninterrupted[7:], _take(resumed, 5), strict=True):
+            _same(expected, got)
+
+
+def test_a_mixture_grows_on_resume(shards, tmp_path):
+    """A single folder's state continues as the first source of a mixture, and a mixture's as a
+    mixture with one more folder: the old cursors and buffers carry over, the new folder starts
+    at its beginning (what `pokeagent improve` does each round)."""
+    from pokeagent.data.loader import _WorkerStream, mixture_spec
+
+    second = _second_folder(shards, tmp_path)
+    third = _second_folder(shards, tmp_path / "x", count=2)
+    options = dict(batch_size=4, window=8, workers=0, shuffle_buffer=6, seed=1)
+    single = TrajectoryLoader(LoaderConfig(shards=shards, **options))
+    _take(single, 5)
+    flat = single.state_dict()
+    two = TrajectoryLoader(LoaderConfig(shards=mixture_spec([(shards, 1), (second, 1)]), **options))
+    two.load_state_dict(flat)
+    stream = _WorkerStream(two.cfg, 0, 1, flat["cursors"]["0"])
+    old = flat["cursors"]["0"]
+    assert stream.positions == [[old["epoch"], old["shard_pos"], old["sample_pos"]], [0, 0, 0]]
+    assert [list(identity[1:]) for identity, _ in stream.buffer] == old["buffer"]
+    _take(two, 5)
+    mixed = two.state_dict()
+    three = LoaderConfig(shards=mixture_spec([(shards, 1), (second, 1), (third, 2)]), **options)
+    grown = _WorkerStream(three, 0, 1, mixed["cursors"]["0"])
+    saved = mixed["cursors"]["0"]
+    assert grown.positions == saved["positions"] + [[0, 0, 0]]
+    assert [list(identity) for identity, _ in grown.buffer] == saved["buffer"]
+    assert len(grown.buffer) == 5  # refilled to 6, one popped since
+    # A mixture's state does not silently resume a single folder.
+    with pytest.raises(ValueError, match="mixture"):
+        _WorkerStream(LoaderConfig(shards=shards, **options), 0, 1, saved)

@@ -15,7 +15,13 @@ from pokeagent.data.shards import read_shard
 
 
 def shard_paths(shards: str | Path | Iterable[str | Path], split: str = "val") -> list[str]:
-    """Tar paths in a fixed order: a folder gives its sorted `<split>-*.tar`, a file itself."""
+    """Tar paths in a fixed order: a folder gives its sorted `<split>-*.tar`, a file itself. A
+    mixture (`DIR=W,DIR=W`, the trainer's `--data-dir`) gives its first folder's: validation
+    stays on the same held-out battles when a mixture gains folders."""
+    if isinstance(shards, str):
+        from pokeagent.data.loader import first_folder
+
+        shards = first_folder(shards)
     items = [shards] if isinstance(shards, str | Path) else list(shards)
     paths: list[str] = []
     for item in map(Path, items):

@@ -18,6 +18,15 @@ How the stream is made, and why it can be resumed exactly:
   cursor of the last batch it handed out from each worker, and which worker comes next. A new
   loader rebuilds each buffer by reading those samples again and goes on from there.
 - A corrupt or truncated shard is logged by name, counted, and skipped.
+
+A mixture of shard folders (`shards="replays=1,rounds/round-001/shards=0.5"`, `mixture_spec`):
+each folder is a source streamed as above (its own shard order and per-worker cursor); every
+sample that enters a worker's shuffle buffer comes from a source drawn by the worker's RNG with
+probability weight / sum of weights, whatever the folders' sizes (a small folder is read over
+more epochs). The cursor then holds a position per source (keyed by folder) and buffer entries
+(source, epoch, shard position, sample index). Resuming with more sources (the improve loop adds
+a round's folder) keeps the cursors of the folders it already had and starts the new ones at
+their beginning; a single folder's cursor continues as the first source of a mixture.
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ class LoaderConfig:
     """Where the shards are and how batches are cut."""
 
     shards: str | Path | list[str]
-    """A folder of shards (its `<split>-*.tar`), or an explicit list of shard paths."""
+    """A folder of shards (its `<split>-*.tar`), an explicit list of shard paths, or a mixture
+    of folders `DIR=W,DIR=W,...` (each sample's folder drawn by weight: the module docstring)."""
     split: str = "train"
     """Which split's shards to read from a folder."""
     batch_size: int = 32
@@ -62,19 +72,84 @@ class LoaderConfig:
     """Read-time filter: format ids to keep."""
     prefetch_factor: int = 4
     """Batches each worker prepares ahead."""
+    sources: list[list[str]] = field(default_factory=list, init=False)
+    """Shard paths per source: one source, or one per folder of a mixture."""
+    folders: list[str] = field(default_factory=list, init=False)
+    """A mixture's folders (resolved), in order: the keys of its cursors. Empty for one source."""
+    weights: list[float] = field(default_factory=list, init=False)
+    """A mixture's weights, in the order of `folders`."""
     shard_paths: list[str] = field(default_factory=list, init=False)
+    """Every shard path, all sources together."""
 
     def __post_init__(self):
+        mixture = parse_mixture(self.shards) if isinstance(self.shards, str) else None
         if isinstance(self.shards, list):
-            self.shard_paths = [str(p) for p in self.shards]
+            self.sources = [[str(p) for p in self.shards]]
+        elif mixture is None:
+            self.sources = [self._folder_shards(self.shards)]
         else:
-            self.shard_paths = sorted(str(p) for p in Path(self.shards).glob(f"{self.split}-*.tar"))
+            self.folders = [str(Path(folder).resolve()) for folder, _ in mixture]
+            self.weights = [weight for _, weight in mixture]
+            self.sources = [self._folder_shards(folder) for folder, _ in mixture]
+        self.shard_paths = [path for paths in self.sources for path in paths]
         if not self.shard_paths:
             raise FileNotFoundError(
                 f"no {self.split} shards in {self.shards} (expected {self.split}-000000.tar ...)"
             )
         if self.batch_size < 1 or self.window < 1 or self.shuffle_buffer < 1:
             raise ValueError("batch_size, window and shuffle_buffer must be >= 1")
+
+    def _folder_shards(self, folder: str | Path) -> list[str]:
+        paths = sorted(str(p) for p in Path(folder).glob(f"{self.split}-*.tar"))
+        if not paths and self.folders:
+            raise FileNotFoundError(
+                f"no {self.split} shards in {folder}, a folder of the mixture {self.shards}"
+            )
+        return paths
+
+    @property
+    def mixed(self) -> bool:
+        return bool(self.folders)
+
+
+def parse_mixture(text: str) -> list[tuple[str, float]] | None:
+    """`DIR=W,DIR=W,...` -> [(DIR, W), ...]; None where `text` is one folder (an existing
+    folder, or no `=W` at its end). Weights are shares of the samples drawn: > 0, any scale."""
+    if Path(text).is_dir():
+        return None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    mixture = []
+    for part in parts:
+        folder, equals, tail = part.rpartition("=")
+        try:
+            weight = float(tail) if equals else None
+        except ValueError:
+            weight = None
+        if weight is None:
+            if len(parts) == 1:
+                return None
+            raise ValueError(f"{text!r}: {part!r} is not DIR=WEIGHT (a mixture of shard folders)")
+        if not weight > 0 or not np.isfinite(weight):
+            raise ValueError(f"{text!r}: the weight of {folder} must be > 0")
+        mixture.append((folder, weight))
+    folders = [str(Path(folder).resolve()) for folder, _ in mixture]
+    if len(set(folders)) != len(folders):
+        raise ValueError(f"{text!r}: a folder appears twice in the mixture")
+    return mixture
+
+
+def mixture_spec(mixture: list[tuple[str | Path, float]]) -> str:
+    """[(DIR, W), ...] -> `DIR=W,DIR=W` (what `--data-dir` and `LoaderConfig.shards` take)."""
+    for folder, _ in mixture:
+        if "," in str(folder) or "=" in str(folder):
+            raise ValueError(f"{folder}: a folder of a mixture cannot have ',' or '=' in its path")
+    return ",".join(f"{folder}={weight:g}" for folder, weight in mixture)
+
+
+def first_folder(shards: str | Path) -> str | Path:
+    """A mixture's first folder (where validation reads its held-out shards); else `shards`."""
+    mixture = parse_mixture(shards) if isinstance(shards, str) else None
+    return mixture[0][0] if mixture else shards
 
 
 def worker_shards(
@@ -102,11 +177,30 @@ def resplit_state(states: list[dict], rank: int, world_size: int, workers: int, 
     sample counters and the learning-rate schedule position across such a resume.
     """
     cursors = [cursor for state in states for cursor in state["cursors"].values()]
-    epoch = max((cursor["epoch"] for cursor in cursors), default=0) + 1
+    # A mixture's cursors hold a position per folder: each folder goes on at its own epoch + 1.
+    furthest: dict[str, int] = {}
+    for cursor in cursors:
+        for folder, (epoch, _, _) in zip(
+            cursor.get("folders", ()), cursor.get("positions", ()), strict=True
+        ):
+            furthest[folder] = max(furthest.get(folder, 0), epoch)
+    epoch = (
+        max(furthest.values(), default=0)
+        if furthest
+        else max((cursor["epoch"] for cursor in cursors), default=0)
+    ) + 1
     n_local = max(1, workers)
     fresh = {}
     for local in range(n_local):
         rng = np.random.default_rng([seed, rank * n_local + local, 0xB0F, epoch])
+        if furthest:
+            fresh[str(local)] = {
+                "folders": list(furthest),
+                "positions": [[e + 1, 0, 0] for e in furthest.values()],
+                "buffer": [],
+                "rng": rng.bit_generator.state,
+            }
+            continue
         fresh[str(local)] = {
             "epoch": epoch,
             "shard_pos": 0,
@@ -176,19 +270,23 @@ def collate(
 
 
 class _WorkerStream:
-    """One global worker's endless, resumable stream of batches."""
+    """One global worker's endless, resumable stream of batches (from one source or a mixture)."""
 
     def __init__(self, cfg: LoaderConfig, global_worker: int, n_workers: int, cursor: dict | None):
         self.cfg, self.g, self.n = cfg, global_worker, n_workers
         self.corrupt_shards: dict[str, str] = {}
         self.rng = np.random.default_rng([cfg.seed, global_worker, 0xB0F])
-        self.epoch, self.shard_pos, self.sample_pos = 0, 0, 0
-        self.buffer: list[tuple[tuple[int, int, int], dict]] = []
+        self.positions = [[0, 0, 0] for _ in cfg.sources]
+        """Per source: epoch, position in this worker's shard list, samples read from that shard."""
+        self.buffer: list[tuple[tuple[int, int, int, int], dict]] = []
+        """(source, epoch, shard position, sample index) and the sample, per buffered trajectory."""
+        total = sum(cfg.weights)
+        self.cumulative = np.cumsum([w / total for w in cfg.weights]) if cfg.mixed else None
         if cursor is not None:
             self._restore(cursor)
 
-    def _shards(self, epoch: int) -> list[str]:
-        return worker_shards(self.cfg.shard_paths, self.cfg.seed, epoch, self.g, self.n)
+    def _shards(self, source: int, epoch: int) -> list[str]:
+        return worker_shards(self.cfg.sources[source], self.cfg.seed, epoch, self.g, self.n)
 
     def _keep(self, sample: dict) -> bool:
         cfg = self.cfg
@@ -212,61 +310,102 @@ class _WorkerStream:
             self.corrupt_shards[path] = str(error)
 
     def _restore(self, cursor: dict) -> None:
-        self.epoch, self.shard_pos, self.sample_pos = (
-            cursor["epoch"],
-            cursor["shard_pos"],
-            cursor["sample_pos"],
-        )
         self.rng.bit_generator.state = cursor["rng"]
-        wanted = [tuple(identity) for identity in cursor["buffer"]]
-        by_shard: dict[tuple[int, int], set[int]] = {}
-        for epoch, shard_pos, index in wanted:
-            by_shard.setdefault((epoch, shard_pos), set()).add(index)
-        found: dict[tuple[int, int, int], dict] = {}
-        for (epoch, shard_pos), indices in by_shard.items():
-            for index, sample in self._read(self._shards(epoch)[shard_pos]):
+        if "folders" in cursor:
+            if not self.cfg.mixed:
+                raise ValueError(
+                    f"the loader state is a mixture's ({cursor['folders']}): it cannot resume "
+                    f"the single source {self.cfg.shards}; pass the mixture"
+                )
+            # Folders are matched by name: a resume with more folders keeps the old ones' places.
+            index = {folder: k for k, folder in enumerate(self.cfg.folders)}
+            moved = [index.get(folder) for folder in cursor["folders"]]
+            for old, new in enumerate(moved):
+                if new is not None:
+                    self.positions[new] = list(cursor["positions"][old])
+            gone = [f for f, new in zip(cursor["folders"], moved, strict=True) if new is None]
+            if gone:
+                log.warning(
+                    "loader: folders left out of the mixture since the checkpoint: %s", gone
+                )
+            wanted = [
+                (moved[source], *rest)
+                for source, *rest in cursor["buffer"]
+                if moved[source] is not None
+            ]
+        else:  # one source's cursor: the first source of a mixture goes on from it
+            self.positions[0] = [cursor["epoch"], cursor["shard_pos"], cursor["sample_pos"]]
+            wanted = [(0, *identity) for identity in cursor["buffer"]]
+        wanted = [tuple(identity) for identity in wanted]
+        by_shard: dict[tuple[int, int, int], set[int]] = {}
+        for source, epoch, shard_pos, index in wanted:
+            by_shard.setdefault((source, epoch, shard_pos), set()).add(index)
+        found: dict[tuple[int, int, int, int], dict] = {}
+        for (source, epoch, shard_pos), indices in by_shard.items():
+            for index, sample in self._read(self._shards(source, epoch)[shard_pos]):
                 if index in indices:
-                    found[(epoch, shard_pos, index)] = sample
+                    found[(source, epoch, shard_pos, index)] = sample
         self.buffer = [(identity, found[identity]) for identity in wanted if identity in found]
 
     def cursor(self) -> dict:
+        rng = self.rng.bit_generator.state
+        if not self.cfg.mixed:  # the single-folder format, unchanged
+            epoch, shard_pos, sample_pos = self.positions[0]
+            return {
+                "epoch": epoch,
+                "shard_pos": shard_pos,
+                "sample_pos": sample_pos,
+                "buffer": [list(identity[1:]) for identity, _ in self.buffer],
+                "rng": rng,
+            }
         return {
-            "epoch": self.epoch,
-            "shard_pos": self.shard_pos,
-            "sample_pos": self.sample_pos,
+            "folders": list(self.cfg.folders),
+            "positions": [list(position) for position in self.positions],
             "buffer": [list(identity) for identity, _ in self.buffer],
-            "rng": self.rng.bit_generator.state,
+            "rng": rng,
         }
 
-    def _samples(self) -> Iterator[tuple[tuple[int, int, int], dict]]:
-        """Samples in stream order from the cursor on, forever; advances the cursor as it goes."""
+    def _samples(self, source: int) -> Iterator[tuple[tuple[int, int, int, int], dict]]:
+        """One source's samples in stream order from its cursor on, forever; advances it."""
+        position = self.positions[source]
         empty_epochs = 0
         while True:
-            shards = self._shards(self.epoch)
+            shards = self._shards(source, position[0])
             yielded = False
-            while self.shard_pos < len(shards):
-                for index, sample in self._read(shards[self.shard_pos], skip=self.sample_pos):
-                    self.sample_pos = index + 1
+            while position[1] < len(shards):
+                for index, sample in self._read(shards[position[1]], skip=position[2]):
+                    position[2] = index + 1
                     if self._keep(sample):
                         yielded = True
-                        yield (self.epoch, self.shard_pos, index), sample
-                self.shard_pos, self.sample_pos = self.shard_pos + 1, 0
-            self.epoch, self.shard_pos = self.epoch + 1, 0
-            empty_epochs = 0 if yielded or self.buffer else empty_epochs + 1
-            if empty_epochs >= 2:
+                        yield (source, position[0], position[1], index), sample
+                position[1], position[2] = position[1] + 1, 0
+            position[0], position[1] = position[0] + 1, 0
+            empty_epochs = 0 if yielded else empty_epochs + 1
+            # A mixture's other sources keep the buffer filled: a source that gives nothing for
+            # more epochs than it has shards is all filtered out (or corrupt), not unlucky.
+            if empty_epochs >= 2 and (
+                not self.buffer or empty_epochs >= 2 + len(self.cfg.sources[source])
+            ):
                 raise RuntimeError(
                     f"loader worker {self.g}: a whole epoch of {shards} gave no sample "
                     f"(all filtered out or corrupt: {self.corrupt_shards})"
                 )
 
+    def _source(self) -> int:
+        """The source of the next buffered sample: drawn by weight (one source: no draw)."""
+        if self.cumulative is None:
+            return 0
+        drawn = int(np.searchsorted(self.cumulative, self.rng.random(), side="right"))
+        return min(drawn, len(self.cumulative) - 1)
+
     def batches(self) -> Iterator[dict]:
-        source = self._samples()
+        sources = [self._samples(k) for k in range(len(self.cfg.sources))]
         cfg = self.cfg
         while True:
             windows, infos = [], []
             while len(windows) < cfg.batch_size:
                 while len(self.buffer) < cfg.shuffle_buffer:
-                    self.buffer.append(next(source))
+                    self.buffer.append(next(sources[self._source()]))
                 pick = int(self.rng.integers(len(self.buffer)))
                 self.buffer[pick], self.buffer[-1] = self.buffer[-1], self.buffer[pick]
                 _, sample = self.buffer.pop()

@@ -16,7 +16,8 @@ class TrainConfig:
     run_dir: str = "runs/train"
     """Checkpoints, TensorBoard logs and the resolved config go here."""
     data_dir: str = "shards"
-    """A folder written by `pokeagent pack` (its train-*.tar are read)."""
+    """A folder written by `pokeagent pack` (its train-*.tar are read), or a mixture of such
+    folders `DIR=W,DIR=W,...` (data/loader.py; validation reads the first folder's val-*.tar)."""
     model: str = "tiny"
     """Model preset: tiny, small, medium, large, seed-200m."""
     ds_config: str = "cpu"
