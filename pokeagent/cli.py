@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from pokeagent.options import add_options, config_from
+
 
 def _showdown(args: argparse.Namespace) -> int:
     from pokeagent.showdown import install as sd_install
@@ -230,22 +232,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from pokeagent.launch.validate import ValidateConfig, validate
 
-    report = validate(
-        ValidateConfig(
-            data_dir=args.data_dir,
-            run_dir=args.run_dir,
-            model=args.model,
-            ds_config=args.ds_config,
-            batch_size_per_gpu=args.batch_size_per_gpu,
-            grad_accum=args.grad_accum,
-            window=args.window,
-            nodes=args.nodes,
-            gpus_per_node=args.gpus_per_node,
-            hosts=args.hosts,
-            comprehensive=args.comprehensive,
-            needs_showdown=args.needs_showdown,
-        )
-    )
+    report = validate(config_from(ValidateConfig, args))
     print(report.table())
     return 0 if report.ok else 1
 
@@ -253,16 +240,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pokeagent.demo import DemoConfig, run_demo
 
-    run_demo(
-        DemoConfig(
-            out=Path(args.out),
-            battles=args.battles,
-            seed=args.seed,
-            model=args.model,
-            train_steps=args.train_steps,
-            eval_battles=args.eval_battles,
-        )
-    )
+    run_demo(config_from(DemoConfig, args))
     return 0
 
 
@@ -570,24 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         help="pre-flight checks: torch, CUDA, NCCL, DeepSpeed, data, disk, nodes, config",
     )
-    val.add_argument(
-        "--comprehensive",
-        action="store_true",
-        help="read every shard, run a collective, build the ops",
-    )
-    val.add_argument("--data-dir", default="shards")
-    val.add_argument("--run-dir", default="runs", help="where checkpoints go (disk space)")
-    val.add_argument("--model", default="large")
-    val.add_argument("--ds-config", default=None, help="default: zero2_bf16 with CUDA, cpu without")
-    val.add_argument("--batch-size-per-gpu", type=int, default=256)
-    val.add_argument("--grad-accum", type=int, default=1)
-    val.add_argument("--window", type=int, default=64)
-    val.add_argument("--nodes", type=int, default=1)
-    val.add_argument("--gpus-per-node", type=int, default=1)
-    val.add_argument("--hosts", default=None, help="hosts to reach (default: the SLURM allocation)")
-    val.add_argument(
-        "--needs-showdown", action="store_true", help="fail without Showdown (mock data, battles)"
-    )
+    from pokeagent.launch.validate import ValidateConfig
+
+    add_options(val, ValidateConfig)
     val.set_defaults(func=_validate)
 
     st = verbs.add_parser(
@@ -599,18 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser(
         "demo", help="the CPU demo: battles -> shards -> DeepSpeed training -> battles -> report"
     )
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument(
-        "--battles", type=int, default=2000, help="teacher battles (heuristic vs heuristic)"
-    )
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--model", default="tiny", help="model preset")
-    demo.add_argument(
-        "--train-steps", type=int, default=1500, help="optimizer steps of the demo's training run"
-    )
-    demo.add_argument(
-        "--eval-battles", type=int, default=200, help="games against each baseline at the end"
-    )
+    from pokeagent.demo import DemoConfig
+
+    add_options(demo, DemoConfig)
     demo.set_defaults(func=_demo)
     return parser
 

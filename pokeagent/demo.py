@@ -23,13 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pokeagent.data.audit import audit, generated_records
-from pokeagent.data.encode import encode
-from pokeagent.data.generate import GenerateConfig, generate
-from pokeagent.data.loader import LoaderConfig, TrajectoryLoader
-from pokeagent.data.pack import PackConfig, pack
 from pokeagent.run_dir import RunDir
-from pokeagent.showdown.install import install
 
 BARS = {"random": 0.90, "maxpower": 0.50}
 """Win rates the demo's agent must reach (issue #6); the heuristic player is reported only."""
@@ -82,8 +76,15 @@ def _train(cfg: DemoConfig, shards: Path, run_dir: Path) -> list[float]:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Every stage in order; returns the battle report (see pokeagent.eval.battles)."""
+    # Here, not at the top: `pokeagent --help` reads DemoConfig without loading torch.
+    from pokeagent.data.audit import audit, generated_records
+    from pokeagent.data.encode import encode
+    from pokeagent.data.generate import GenerateConfig, generate
+    from pokeagent.data.loader import LoaderConfig, TrajectoryLoader
+    from pokeagent.data.pack import PackConfig, pack
     from pokeagent.eval.battles import BattleEvalConfig, evaluate_battles
     from pokeagent.eval.report import markdown
+    from pokeagent.showdown.install import install
 
     out = Path(cfg.out)
     started = time.monotonic()

@@ -36,10 +36,12 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pokeagent.launch.resources import CPUS_PER_RANK, NodeRequest, node_request
+from pokeagent.options import add_options
+from pokeagent.options import given as given_options
 from pokeagent.train.ds_config import cuda_available
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,53 +78,69 @@ TIERS = {
 }
 DEFAULT_DS_CONFIG = "zero2_bf16"
 DEFAULT_WORKERS = 2
+WIRINGS = ("srun", "srun-deepspeed", "deepspeed")
 SLURM_ONLY = ("memory", "cpus_per_node", "exclusive", "partition", "account", "qos")
 """Options that mean something only to SLURM: refused for a run on this machine."""
 
 
 @dataclass
 class LaunchOptions:
-    """Everything `launch/train.sh` takes; the run options pass through to `pokeagent train`."""
+    """Everything `launch/train.sh` takes; the run options pass through to `pokeagent train`.
+    Each field is an option (`build_parser`); one that is also a TrainConfig field takes its help
+    from there unless it states its own, and its default here (a tier's run)."""
 
     nodes: int
     gpus_per_node: int
     time_limit_hours: float = 6.0
-    """SLURM wall time of each job (and the trainer's own stop, minus the margin)."""
+    """SLURM wall time of each job (and the trainer's own stop, minus the margin); same as HOURS."""
     batch_size_per_gpu: int = 256
     global_batch: int | None = None
     """If given: must equal batch x GPUs x grad accumulation; sets the accumulation."""
     max_steps: int = 200_000
     learning_rate: float = 3e-4
-    """At the reference global batch 256; the trainer scales it by the square-root rule."""
     checkpoint_minutes: float = 15.0
     eval_every: int | None = None
     data_dir: str = "shards"
     max_samples: int | None = None
     min_elo: int | None = None
     workers_per_gpu: int | None = None
-    """Loader workers per GPU; default: the partition's cores per GPU minus 2 (sinfo), kept in
-    2-4, else 2 (see `workers`)."""
+    """Loader workers per GPU, 1-8; default: the partition's cores per GPU minus 2 (sinfo), kept
+    in 2-4, else 2."""
     model: str = "large"
     ds_config: str | None = None
-    """Default: the tier's (TIERS), zero2_bf16 for other shapes, cpu for a local run without CUDA."""
+    """DeepSpeed JSON in ds_configs/ or a path; default: the tier's (TIERS), zero2_bf16 for other
+    shapes, cpu for a local run without CUDA."""
     run_dir: str | None = None
-    """Default: runs/<model>-<N>gpu."""
+    """Checkpoints, logs and TensorBoard; default: runs/<model>-<N>gpu."""
     memory: int | None = None
     """GB of host memory per node (default: estimated, see resources.py)."""
     cpus_per_node: int | None = None
+    """CPU cores per node (default: estimated, see resources.py)."""
     exclusive: bool = False
+    """Whole nodes."""
     partition: str | None = None
+    """SLURM partition; default: one with GPUs, detected with sinfo."""
     account: str | None = None
+    """SLURM account; default: detected with sacctmgr."""
     qos: str | None = None
+    """SLURM QOS; default: the account's default."""
     wiring: str = "srun"
+    """srun: srun + torchrun per node; srun-deepspeed: srun + deepspeed --no_ssh per node;
+    deepspeed: deepspeed --hostfile over pdsh/ssh."""
     stop_margin_minutes: float = 10.0
     """SIGUSR1 this long before the time limit: the last checkpoint must fit in it."""
     max_requeues: int = 20
+    """Requeues when the time runs out."""
     debug: bool = False
+    """Verbose logs: every step, NCCL_DEBUG=INFO, TORCH_DISTRIBUTED_DEBUG=DETAIL."""
     resume: bool = False
+    """Require a checkpoint in the run directory."""
     test_mode: bool = False
+    """A few steps of the tiny model."""
     mock_data: bool = False
+    """Shards packed on the fly from simulator battles."""
     dry_run: bool = False
+    """Print the sbatch script and launch command, run nothing."""
     no_validate: bool = False
     """Skip the job's pre-flight `pokeagent validate` on its first node."""
     seed: int | None = None
@@ -163,6 +181,8 @@ _TEST_MODE = {"model": "tiny", "batch_size_per_gpu": 8, "max_steps": 20}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pokeagent.train.config import TrainConfig
+
     parser = argparse.ArgumentParser(
         prog="launch/train.sh",
         description="Submit a training run to SLURM, or run it here where there is no SLURM.",
@@ -172,44 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("gpus_per_node", type=int, help="GPUs per node")
     parser.add_argument("hours", type=float, nargs="?", help="wall time per job (default 6)")
     parser.add_argument("batch", type=int, nargs="?", help="windows per GPU (default 256)")
-    add = parser.add_argument
-    add("--time-limit-hours", type=float, help="same as HOURS (default 6)")
-    add("--batch-size-per-gpu", type=int, help="same as BATCH_PER_GPU (default 256)")
-    add("--global-batch", type=int, help="sets gradient accumulation; must divide exactly")
-    add("--max-steps", type=int, help="optimizer steps of the whole run (default 200000)")
-    add("--learning-rate", type=float, help="at global batch 256, sqrt-scaled (default 3e-4)")
-    add("--checkpoint-minutes", type=float, help="wall-clock minutes between checkpoints (15)")
-    add("--eval-every", type=int, help="steps between validation passes")
-    add("--data-dir", help="shards from `pokeagent pack` (default shards)")
-    add("--max-samples", type=int, help="stop after this many training samples")
-    add("--min-elo", type=int, help="train only on battles whose known ratings reach this")
-    add("--workers-per-gpu", type=int, help="loader workers per GPU, 1-8 (default 2; 2-4 is right)")
-    add("--model", help="model preset (default large)")
-    add("--ds-config", help="DeepSpeed JSON in ds_configs/ or a path (default: the tier's)")
-    add("--run-dir", help="default runs/<model>-<N>gpu")
-    add("--seed", type=int, help="model init and data order (default 0)")
-    add("--memory", type=int, help="GB of host memory per node (default: estimated)")
-    add("--cpus-per-node", type=int, help="CPU cores per node (default: estimated)")
-    add("--exclusive", action="store_true", default=None, help="whole nodes")
-    add("--partition", help="SLURM partition (default: detected with sinfo)")
-    add("--account", help="SLURM account (default: detected with sacctmgr)")
-    add("--qos", help="SLURM QOS (default: the account's default)")
-    add(
-        "--wiring",
-        choices=("srun", "srun-deepspeed", "deepspeed"),
-        help="srun + torchrun per node (default), srun + deepspeed --no_ssh per node, or deepspeed --hostfile over pdsh/ssh",
-    )
-    add("--stop-margin-minutes", type=float, help="SIGUSR1 this long before the limit (10)")
-    add("--max-requeues", type=int, help="requeues when the time runs out (default 20)")
-    for flag, text in (
-        ("--debug", "verbose logs: every step, NCCL_DEBUG=INFO, TORCH_DISTRIBUTED_DEBUG=DETAIL"),
-        ("--resume", "require a checkpoint in the run directory"),
-        ("--test-mode", "a few steps of the tiny model"),
-        ("--mock-data", "shards packed on the fly from simulator battles"),
-        ("--dry-run", "print the sbatch script and launch command, run nothing"),
-        ("--no-validate", "skip the job's pre-flight `pokeagent validate` on its first node"),
-    ):
-        add(flag, action="store_true", default=None, help=text)
+    add_options(parser, LaunchOptions, skip=("nodes", "gpus_per_node"), help_from=(TrainConfig,))
     return parser
 
 
@@ -223,11 +206,7 @@ def _same(args: argparse.Namespace, positional: str, option: str, flag: str, nam
 def options_from_args(argv: list[str]) -> LaunchOptions:
     """Parse and check; raises LaunchError (or SystemExit from argparse for unknown options)."""
     args = build_parser().parse_args(argv)
-    given = {
-        f.name: getattr(args, f.name)
-        for f in fields(LaunchOptions)
-        if hasattr(args, f.name) and getattr(args, f.name) is not None
-    }
+    given = given_options(LaunchOptions, args)
     given["time_limit_hours"] = _same(
         args, "hours", "time_limit_hours", "--time-limit-hours", "HOURS"
     )
@@ -244,35 +223,30 @@ def options_from_args(argv: list[str]) -> LaunchOptions:
 
 def check(opts: LaunchOptions) -> None:
     """Every range and contradiction, each error naming its option."""
-    positive = {
-        "NODES": opts.nodes,
-        "GPUS_PER_NODE": opts.gpus_per_node,
-        "--batch-size-per-gpu": opts.batch_size_per_gpu,
-        "--max-steps": opts.max_steps,
-    }
-    for flag, value in positive.items():
-        if value < 1:
-            raise LaunchError(f"{flag} must be >= 1, got {value}")
-    for flag, value in {
-        "--time-limit-hours": opts.time_limit_hours,
-        "--learning-rate": opts.learning_rate,
-        "--checkpoint-minutes": opts.checkpoint_minutes,
-        "--stop-margin-minutes": opts.stop_margin_minutes,
-    }.items():
+    for flag, value, least in (  # None: not given
+        ("NODES", opts.nodes, 1),
+        ("GPUS_PER_NODE", opts.gpus_per_node, 1),
+        ("--batch-size-per-gpu", opts.batch_size_per_gpu, 1),
+        ("--max-steps", opts.max_steps, 1),
+        ("--eval-every", opts.eval_every, 1),
+        ("--max-samples", opts.max_samples, 1),
+        ("--memory", opts.memory, 1),
+        ("--cpus-per-node", opts.cpus_per_node, 1),
+        ("--min-elo", opts.min_elo, 0),
+        ("--max-requeues", opts.max_requeues, 0),
+    ):
+        if value is not None and value < least:
+            raise LaunchError(f"{flag} must be >= {least}, got {value}")
+    for flag, value in (
+        ("--time-limit-hours", opts.time_limit_hours),
+        ("--learning-rate", opts.learning_rate),
+        ("--checkpoint-minutes", opts.checkpoint_minutes),
+        ("--stop-margin-minutes", opts.stop_margin_minutes),
+    ):
         if not value > 0 or not math.isfinite(value):
             raise LaunchError(f"{flag} must be > 0, got {value}")
-    for flag, value in {
-        "--eval-every": opts.eval_every,
-        "--max-samples": opts.max_samples,
-        "--memory": opts.memory,
-        "--cpus-per-node": opts.cpus_per_node,
-    }.items():
-        if value is not None and value < 1:
-            raise LaunchError(f"{flag} must be >= 1, got {value}")
-    if opts.min_elo is not None and opts.min_elo < 0:
-        raise LaunchError(f"--min-elo must be >= 0, got {opts.min_elo}")
-    if opts.max_requeues < 0:
-        raise LaunchError(f"--max-requeues must be >= 0, got {opts.max_requeues}")
+    if opts.wiring not in WIRINGS:
+        raise LaunchError(f"--wiring {opts.wiring}: choose from {', '.join(WIRINGS)}")
     if opts.workers_per_gpu is not None and not 1 <= opts.workers_per_gpu <= 8:
         raise LaunchError(
             f"--workers-per-gpu must be 1-8 (2-4 is right), got {opts.workers_per_gpu}"
@@ -302,25 +276,25 @@ def check(opts: LaunchOptions) -> None:
         )
 
 
+def train_config(opts: LaunchOptions):
+    """The run config every rank will hold: `train_args` read by the trainer's own parser."""
+    from pokeagent.train.__main__ import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(train_args(opts)))
+
+
 def resolved(opts: LaunchOptions, fp16_supported: bool = True) -> dict:
     """The DeepSpeed config the trainer will build (batch arithmetic and JSON checked here), on
     the cluster's GPUs: fp16 and bf16 are taken as supported unless told otherwise."""
-    from pokeagent.train.config import TrainConfig
-    from pokeagent.train.ds_config import resolve_run
+    from pokeagent.train.ds_config import ConfigError, resolve_run
 
     try:
-        run = resolve_run(
-            TrainConfig(
-                ds_config=opts.resolved_ds_config,
-                batch_size_per_gpu=opts.batch_size_per_gpu,
-                grad_accum=opts.grad_accum,
-                learning_rate=opts.learning_rate,
-            ),
-            opts.world_size,
-            fp16_supported=fp16_supported,
-            bf16_supported=True,
-        )
-    except ValueError as error:  # ConfigError, or a batch the run config refuses
+        cfg = train_config(opts)
+    except ValueError as error:  # the run config's own checks name the option
+        raise LaunchError(str(error)) from error
+    try:
+        run = resolve_run(cfg, opts.world_size, precision=(fp16_supported, True))
+    except ConfigError as error:
         raise LaunchError(f"--ds-config: {error}") from error
     return {"global_batch": run.global_batch, "peak_lr": run.peak_lr, "deepspeed": run.deepspeed}
 

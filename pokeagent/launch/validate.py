@@ -17,7 +17,7 @@ import os
 import shutil
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pokeagent.train.ds_config import cuda_available, local_ds_config
@@ -27,28 +27,47 @@ PASS, FAIL, SKIP, WARN = "pass", "fail", "skip", "warn"
 
 @dataclass
 class ValidateConfig:
+    """What `pokeagent validate` checks: the run to come, and the machines it will run on."""
+
     data_dir: str = "shards"
     """A folder written by `pokeagent pack`."""
     run_dir: str = "runs"
     """Where checkpoints will go (its file system is the one checked for space)."""
     model: str = "large"
+    """Model preset of the run (GPU memory, disk)."""
     ds_config: str | None = None
-    """Default: zero2_bf16 with CUDA, cpu without."""
+    """DeepSpeed config of the run; default: zero2_bf16 with CUDA, cpu without."""
     batch_size_per_gpu: int = 256
+    """Trajectory windows per GPU per micro-step."""
     grad_accum: int = 1
+    """Micro-steps per optimizer step."""
     window: int = 64
+    """Decisions per trajectory window."""
     nodes: int = 1
+    """Nodes of the run."""
     gpus_per_node: int = 1
+    """GPUs (ranks) per node."""
     keep_last: int = 3
+    """Checkpoints the run keeps (disk space)."""
     hosts: str | None = None
     """Hosts to reach (compact SLURM syntax allowed); default: the SLURM allocation's."""
     comprehensive: bool = False
+    """Also read every shard, run a collective and build the DeepSpeed ops."""
     needs_showdown: bool = False
     """Fail (not warn) without Showdown: --mock-data and battle evaluation need it."""
 
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    def train_config(self):
+        """The run config of the run checked: the fields it shares with TrainConfig (the others
+        at the trainer's defaults), the DeepSpeed config resolved for this machine."""
+        from pokeagent.train.config import TrainConfig
+
+        shared = {f.name for f in fields(TrainConfig)} & {f.name for f in fields(self)}
+        values = {name: getattr(self, name) for name in shared}
+        return TrainConfig(**values | {"ds_config": _ds_name(self)})
 
 
 @dataclass
@@ -353,17 +372,10 @@ def check_showdown(cfg: ValidateConfig) -> Check:
 
 def check_config(cfg: ValidateConfig) -> Check:
     from pokeagent.model.config import preset
-    from pokeagent.train.config import TrainConfig
     from pokeagent.train.ds_config import resolve_run
 
     try:
-        train = TrainConfig(
-            model=cfg.model,
-            ds_config=_ds_name(cfg),
-            batch_size_per_gpu=cfg.batch_size_per_gpu,
-            grad_accum=cfg.grad_accum,
-            window=cfg.window,
-        )
+        train = cfg.train_config()
         preset(train.model)
         run = resolve_run(train, cfg.world_size)
     except ValueError as error:  # ConfigError too

@@ -10,25 +10,15 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
+from pokeagent.options import add_options, given
 from pokeagent.train.config import TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pokeagent train", description=__doc__.splitlines()[0])
-    for f in fields(TrainConfig):
-        default = f.default if f.default is not MISSING else None
-        if isinstance(default, bool):  # a switch: --debug
-            parser.add_argument(
-                "--" + f.name.replace("_", "-"), action="store_const", const=True, default=None
-            )
-            continue
-        kind = type(default) if default is not None else str
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), type=kind, default=None, help=f"(default {default})"
-        )
+    add_options(parser, TrainConfig)
     parser.add_argument("--config", default=None, help="a JSON TrainConfig to start from")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved configs and exit"
@@ -50,11 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     data = json.loads(Path(args.config).read_text()) if args.config else {}
-    for f in fields(TrainConfig):
-        value = getattr(args, f.name)
-        if value is not None:
-            data[f.name] = value
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(data | given(TrainConfig, args))
 
 
 TEST_MODE = {

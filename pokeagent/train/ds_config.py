@@ -152,26 +152,14 @@ def precision_support() -> tuple[bool, bool]:
 
 
 def resolve_run(
-    cfg: TrainConfig,
-    world_size: int,
-    fp16_supported: bool | None = None,
-    bf16_supported: bool | None = None,
+    cfg: TrainConfig, world_size: int, precision: tuple[bool, bool] | None = None
 ) -> RunPlan:
-    """Batch plan, peak learning rate and DeepSpeed config of `cfg` on `world_size` ranks. The
-    precision support defaults to this machine's (`precision_support`); a launcher planning for
-    another machine states it. Raises ConfigError with what to change."""
-    if fp16_supported is None or bf16_supported is None:
-        fp16_here, bf16_here = precision_support()
-        fp16_supported = fp16_here if fp16_supported is None else fp16_supported
-        bf16_supported = bf16_here if bf16_supported is None else bf16_supported
+    """Batch plan, peak learning rate and DeepSpeed config of `cfg` on `world_size` ranks.
+    `precision`: whether fp16 and bf16 run, by default on this machine (`precision_support`); a
+    launcher planning for other machines states it. Raises ConfigError with what to change."""
+    fp16, bf16 = precision or precision_support()
     batch = BatchPlan(cfg.batch_size_per_gpu, cfg.grad_accum, world_size)
     lr = scaled_lr(cfg.learning_rate, batch.global_batch)
-    deepspeed = resolve_ds_config(
-        cfg.ds_config,
-        batch,
-        lr=lr,
-        grad_clip=cfg.grad_clip,
-        fp16_supported=fp16_supported,
-        bf16_supported=bf16_supported,
+    return RunPlan(
+        batch, lr, resolve_ds_config(cfg.ds_config, batch, lr, cfg.grad_clip, fp16, bf16)
     )
-    return RunPlan(batch, lr, deepspeed)
