@@ -204,6 +204,23 @@ def test_options_pass_through_and_resources(capsys):
     assert "pokeagent.train" in command  # no SLURM here: the local command is shown
 
 
+def test_every_trainer_option_reaches_the_job(capsys, tmp_path):
+    """Options the launcher does not state itself (the offline-RL knobs, the window...) pass
+    through to `pokeagent train` as given, into the sbatch script."""
+    _, script, _ = _dry_run(
+        capsys, "2", "4", "6", "--data-dir", "/data/shards",
+        "--objective", "binary", "--advantage-beta", "2", "--critic-heads", "3",
+        "--discount", "0.995", "--shaping-weight", "0.1", "--window", "128",
+    )  # fmt: skip
+    launch = next(line for line in script.splitlines() if "torchrun" in line).split()
+    cfg = _train_config(launch)
+    assert (cfg.objective, cfg.advantage_beta, cfg.critic_heads) == ("binary", 2.0, 3)
+    assert (cfg.discount, cfg.shaping_weight, cfg.window) == (0.995, 0.1, 128)
+    # The trainer's own checks still apply before anything starts.
+    assert slurm.main(["1", "4", "--data-dir", str(tmp_path), "--objective", "awr"]) == 2
+    assert "objective" in capsys.readouterr().err
+
+
 def test_estimates_without_given_resources(capsys):
     _, small, _ = _dry_run(capsys, "1", "4", "6", "--model", "small", "--workers-per-gpu", "2")
     _, large, _ = _dry_run(capsys, "1", "4", "6", "--model", "seed-200m", "--workers-per-gpu", "4")
@@ -334,6 +351,7 @@ def _rows(run_dir: Path) -> list[dict]:
     return [row for row in map(json.loads, lines) if "loss" in row and "val" not in row]
 
 
+@pytest.mark.slow
 def test_two_ranks_resume_on_one_from_a_universal_checkpoint(shards, tmp_path):
     """Saved by 2 ranks (ZeRO-2), resumed by 1: the loss goes on from where it stopped."""
     from pokeagent.train.config import TrainConfig
@@ -401,6 +419,7 @@ def test_out_of_memory_names_the_batch_and_the_next_smaller(monkeypatch, capsys)
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_max_samples_stops_the_run_and_min_elo_filters_the_data(shards, tmp_path):
     words = [
         "--data-dir", str(shards), "--model", "tiny", "--ds-config", "cpu", "--window", "16",
@@ -426,6 +445,7 @@ def test_max_samples_stops_the_run_and_min_elo_filters_the_data(shards, tmp_path
     assert "all filtered out" in filtered.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wiring", ["srun", "srun-deepspeed"])
 def test_the_sbatch_script_runs_stops_on_usr1_and_requeues(shards, tmp_path, wiring):
     """The rendered script under stand-in srun/scontrol: one launcher per node (torchrun, or

@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from pokeagent.launch.resources import CPUS_PER_RANK, NodeRequest, node_request
@@ -144,6 +144,9 @@ class LaunchOptions:
     no_validate: bool = False
     """Skip the job's pre-flight `pokeagent validate` on its first node."""
     seed: int | None = None
+    train_options: dict = field(default_factory=dict)
+    """Every other TrainConfig option given (`--objective binary`, `--window 128`...), passed to
+    `pokeagent train` as it is (`PASSED_THROUGH`)."""
 
     @property
     def world_size(self) -> int:
@@ -180,6 +183,16 @@ _TEST_MODE = {"model": "tiny", "batch_size_per_gpu": 8, "max_steps": 20}
 """What --test-mode changes in the launcher's defaults (as `pokeagent train --test-mode` does)."""
 
 
+def passed_through() -> tuple[str, ...]:
+    """TrainConfig fields the launcher hands to `pokeagent train` untouched: all but its own
+    (stated above with a tier's defaults) and those it derives (the gradient accumulation from
+    --global-batch, the trainer's time margin from --stop-margin-minutes)."""
+    from pokeagent.train.config import TrainConfig
+
+    own = {f.name for f in fields(LaunchOptions)} | {"grad_accum", "time_margin_minutes"}
+    return tuple(f.name for f in fields(TrainConfig) if f.name not in own)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pokeagent.train.config import TrainConfig
 
@@ -192,7 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("gpus_per_node", type=int, help="GPUs per node")
     parser.add_argument("hours", type=float, nargs="?", help="wall time per job (default 6)")
     parser.add_argument("batch", type=int, nargs="?", help="windows per GPU (default 256)")
-    add_options(parser, LaunchOptions, skip=("nodes", "gpus_per_node"), help_from=(TrainConfig,))
+    add_options(
+        parser,
+        LaunchOptions,
+        skip=("nodes", "gpus_per_node", "train_options"),
+        help_from=(TrainConfig,),
+    )
+    trainer = parser.add_argument_group("more `pokeagent train` options, passed through")
+    own = {f.name for f in fields(TrainConfig)} - set(passed_through())
+    add_options(trainer, TrainConfig, skip=tuple(own))
     return parser
 
 
@@ -214,6 +235,9 @@ def options_from_args(argv: list[str]) -> LaunchOptions:
         args, "batch", "batch_size_per_gpu", "--batch-size-per-gpu", "BATCH_PER_GPU"
     )
     given = {k: v for k, v in given.items() if v is not None}
+    given["train_options"] = {
+        name: getattr(args, name) for name in passed_through() if getattr(args, name) is not None
+    }
     if args.test_mode:
         given = _TEST_MODE | given
     opts = LaunchOptions(**given)
@@ -324,6 +348,9 @@ def train_args(opts: LaunchOptions, ds_config: str | None = None) -> list[str]:
     for flag in ("debug", "resume", "test_mode", "mock_data"):
         if getattr(opts, flag):
             out.append("--" + flag.replace("_", "-"))
+    for name, value in opts.train_options.items():
+        flag = "--" + name.replace("_", "-")
+        out += [flag] if value is True else [flag, str(value)]
     return out
 
 
