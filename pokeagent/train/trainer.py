@@ -49,6 +49,10 @@ _LOGGED_SUMS = (
 )
 
 
+_RECORDED = ("loss", "policy_loss", "value_loss")
+"""The per-step figures of metrics.jsonl (StepRecord), with `critic_loss` where there is a critic."""
+
+
 class _TrainModule(nn.Module):
     """The network plus its loss: what the DeepSpeed engine wraps. With a critic, `target` (set
     by the trainer once the engine exists) holds the critic's fp32 target, outside the module."""
@@ -133,22 +137,30 @@ def critic_scalars(sums: dict[str, float], micro: float, labelled: float) -> dic
 
 
 class _Interval:
-    """One log interval's sums on this rank: the loss parts, micro-steps, samples, data wait."""
+    """One log interval's sums on this rank: the loss parts, micro-steps, samples, data wait.
+
+    The parts stay tensors on the device, added without reading them: reading one (`float()`,
+    `.item()`) waits for the GPU to finish the step, so the host could not queue the next one.
+    `take()` reads them all at once, at log steps."""
 
     def __init__(self, started: float):
-        self.started, self.sums, self.waited = started, {}, 0.0
+        self.started, self.tensors, self.counts, self.waited = started, {}, {}, 0.0
 
     def add(self, parts: dict, samples: int) -> None:
         for key in _LOGGED_SUMS + (CRITIC_SUMS if "critic_loss" in parts else ()):
-            self.sums[key] = self.sums.get(key, 0.0) + float(parts[key])
-        self.sums["micro_steps"] = self.sums.get("micro_steps", 0.0) + 1
-        self.sums["samples"] = self.sums.get("samples", 0.0) + samples
+            value = parts[key].detach().double()
+            self.tensors[key] = self.tensors[key] + value if key in self.tensors else value
+        self.counts["micro_steps"] = self.counts.get("micro_steps", 0.0) + 1
+        self.counts["samples"] = self.counts.get("samples", 0.0) + samples
 
     def take(self) -> tuple[dict[str, float], float, float]:
         """(sums, seconds, seconds waiting for data) of the interval; the next one starts now."""
         now = time.monotonic()
-        taken = (self.sums, now - self.started, self.waited)
-        self.started, self.sums, self.waited = now, {}, 0.0
+        keys = sorted(self.tensors)
+        values = torch.stack([self.tensors[k] for k in keys]).tolist() if keys else []
+        sums = dict(zip(keys, values, strict=True)) | self.counts
+        taken = (sums, now - self.started, self.waited)
+        self.started, self.tensors, self.counts, self.waited = now, {}, {}, 0.0
         return taken
 
 
@@ -220,6 +232,9 @@ class Trainer:
         """This rank's real (unpadded) decisions trained on: the token counter."""
         self.stop_requested = False
         self.history: list[StepRecord] = []
+        self._pending_records: list = []
+        """Steps recorded but not yet read from the device (`_record_step`)."""
+        self._decisions_pending: list[torch.Tensor] = []
         self.resumed_from: int | None = None
         self._apply_sample_budget()
 
@@ -227,6 +242,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """This rank's part of a checkpoint beside the engine's: loader cursor, RNG, counters
         and, with a critic, its target (the same on every rank)."""
+        self._flush_records()
         state = {
             "loader": self.loader.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -336,11 +352,14 @@ class Trainer:
             step = self.engine.global_steps
             self._record_step(step, parts)
             if step % cfg.log_every == 0:
+                self._flush_records()
                 self._log(step, *interval.take())
                 self._poll_battles()
             validated = self.validation is not None and (
                 step % cfg.eval_every == 0 or step >= cfg.max_steps
             )
+            if validated:
+                self._flush_records()  # metrics.jsonl keeps its order: the steps, then `val`
             best = self._validate(step) if validated else False
             now = time.monotonic()
             # Rank 0's clock decides; the all-reduce below makes every rank follow it. A new best
@@ -359,6 +378,7 @@ class Trainer:
                 why = "signal" if self.stop_requested else "time limit"
                 self.log.say(f"stopped cleanly at step {step} ({why}); checkpoint saved")
                 break
+        self._flush_records()
         self._poll_battles()
         if self.battles is not None:
             for running in self.battles.still_running():
@@ -375,26 +395,40 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             self.samples_seen += self.cfg.batch_size_per_gpu * self.world
-            self.decisions_seen += int(parts["decisions"])
+            self._decisions_pending.append(parts["decisions"].detach())
             interval.add(parts, self.cfg.batch_size_per_gpu)
         if self.critic_target is not None:
             self.critic_target.update(self.engine.module.net.critic)
         return parts
 
     def _record_step(self, step: int, parts: dict) -> None:
-        record = StepRecord(
-            step,
-            float(parts["loss"]),
-            float(parts["policy_loss"]),
-            float(parts["value_loss"]),
-            self.scheduler.get_last_lr()[0],
-        )
-        self.history.append(record)
-        row = asdict(record)
-        if "critic_loss" in parts:
-            row["critic_loss"] = float(parts["critic_loss"])
-        # Full-precision per-step figures: what resume-exactness checks and plots read.
-        self.log.record(row)
+        """Keep the step's figures (as device tensors: no wait for the GPU); `_flush_records`
+        writes them at log steps, before a checkpoint and at the end."""
+        names = _RECORDED + (("critic_loss",) if "critic_loss" in parts else ())
+        values = torch.stack([parts[name].detach().float() for name in names])
+        self._pending_records.append((step, names, values, self.scheduler.get_last_lr()[0]))
+
+    def _flush_records(self) -> None:
+        """The kept steps' records -> history and metrics.jsonl (one read from the device), and
+        the decisions counted since the last flush."""
+        if self._decisions_pending:
+            self.decisions_seen += int(torch.stack(self._decisions_pending).sum())
+            self._decisions_pending = []
+        if not self._pending_records:
+            return
+        read = torch.stack([values for _, _, values, _ in self._pending_records]).tolist()
+        for (step, names, _, lr), values in zip(self._pending_records, read, strict=True):
+            figures = dict(zip(names, values, strict=True))
+            record = StepRecord(
+                step, figures["loss"], figures["policy_loss"], figures["value_loss"], lr
+            )
+            self.history.append(record)
+            row = asdict(record) | (
+                {"critic_loss": figures["critic_loss"]} if len(names) > 3 else {}
+            )
+            # Full-precision per-step figures: what resume-exactness checks and plots read.
+            self.log.record(row)
+        self._pending_records = []
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_requested = True
