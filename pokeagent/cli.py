@@ -8,6 +8,7 @@ pokeagent eval offline --checkpoint RUN_DIR --shards SHARDS_DIR
 pokeagent eval battles --checkpoint RUN_DIR --opponents random,maxpower,heuristic --battles 200
 pokeagent eval ladder RUN_A/checkpoints/step00001000 RUN_B --games 1000 --out DIR
 pokeagent status RUN_DIR
+pokeagent improve --shards SHARDS_DIR [--start RUN_DIR] --rounds 3 --out DIR
 pokeagent demo
 """
 
@@ -313,6 +314,14 @@ def _eval(args: argparse.Namespace) -> int:
     raise AssertionError(args.action)
 
 
+def _improve(args: argparse.Namespace) -> int:
+    from pokeagent.loop.improve import ImproveConfig, run_improve
+
+    report = run_improve(config_from(ImproveConfig, args))
+    print(f"-> {report['config']['out']}/improve.md, improve.json, improve.png, best/")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from pokeagent.eval.status import run_status
 
@@ -558,6 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("run_dir", help="the run directory (--run-dir of `pokeagent train`)")
     st.set_defaults(func=_status)
+
+    imp = verbs.add_parser(
+        "improve",
+        help="rounds of the agent's own games -> new shards -> training on -> evaluation",
+    )
+    from pokeagent.loop.improve import ImproveConfig
+
+    add_options(imp, ImproveConfig)
+    imp.set_defaults(func=_improve)
 
     demo = verbs.add_parser(
         "demo", help="the CPU demo: battles -> shards -> DeepSpeed training -> battles -> report"

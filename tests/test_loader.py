@@ -163,7 +163,8 @@ def test_mixture_specs(shards, tmp_path):
     assert [len(paths) for paths in cfg.sources] == [len(list(shards.glob("train-*.tar"))), 3]
     for bad, why in (
         (f"{shards}=1,{other}", "DIR=WEIGHT"),
-        (f"{shards}=1,{other}=0", "> 0"),
+        (f"{shards}=1,{other}=-1", ">= 0"),
+        (f"{shards}=0,{other}=0", "every weight is 0"),
         (f"{shards}=1,{shards}=2", "twice"),
     ):
         with pytest.raises(ValueError, match=why):
@@ -180,6 +181,10 @@ def test_mixture_draws_sources_by_weight(shards, tmp_path):
     stream = _WorkerStream(cfg, 0, 1, None)
     draws = [stream._source() for _ in range(4000)]
     assert abs(draws.count(0) / len(draws) - 0.75) < 0.03
+    # Weight 0: the folder keeps its place but is never drawn.
+    spec = mixture_spec([(shards, 0), (_second_folder(shards, tmp_path / "z"), 1)])
+    stream = _WorkerStream(LoaderConfig(shards=spec, workers=0), 0, 1, None)
+    assert {stream._source() for _ in range(1000)} == {1}
     # Both folders are read, each with its own cursor, whatever their sizes.
     loader = TrajectoryLoader(cfg)
     _take(loader, 30)

@@ -114,7 +114,8 @@ class LoaderConfig:
 
 def parse_mixture(text: str) -> list[tuple[str, float]] | None:
     """`DIR=W,DIR=W,...` -> [(DIR, W), ...]; None where `text` is one folder (an existing
-    folder, or no `=W` at its end). Weights are shares of the samples drawn: > 0, any scale."""
+    folder, or no `=W` at its end). Weights are shares of the samples drawn, any scale; a folder
+    of weight 0 is never drawn but keeps its place (and its cursor on resume)."""
     if Path(text).is_dir():
         return None
     parts = [part.strip() for part in text.split(",") if part.strip()]
@@ -129,12 +130,14 @@ def parse_mixture(text: str) -> list[tuple[str, float]] | None:
             if len(parts) == 1:
                 return None
             raise ValueError(f"{text!r}: {part!r} is not DIR=WEIGHT (a mixture of shard folders)")
-        if not weight > 0 or not np.isfinite(weight):
-            raise ValueError(f"{text!r}: the weight of {folder} must be > 0")
+        if not weight >= 0 or not np.isfinite(weight):
+            raise ValueError(f"{text!r}: the weight of {folder} must be >= 0")
         mixture.append((folder, weight))
     folders = [str(Path(folder).resolve()) for folder, _ in mixture]
     if len(set(folders)) != len(folders):
         raise ValueError(f"{text!r}: a folder appears twice in the mixture")
+    if not any(weight > 0 for _, weight in mixture):
+        raise ValueError(f"{text!r}: every weight is 0")
     return mixture
 
 
