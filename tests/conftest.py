@@ -4,6 +4,7 @@ tests call are in helpers.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,15 @@ from helpers import simulated_shards
 pytest_plugins = ["pokeagent.showdown.pytest_plugin"]
 
 SHARED_REPLAYS = Path(__file__).resolve().parents[2] / "shared" / "replays"
+
+
+def pytest_configure(config):
+    """One torch thread in the test process (OMP_NUM_THREADS, where set, wins): the tests' models
+    are tiny, and on a shared 2-core machine two spinning threads made a 40-step test 5x slower."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

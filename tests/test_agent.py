@@ -57,6 +57,7 @@ async def _play(server, battle_format: str, seed: int) -> AgentPlayer:
 # Gen 9 (what the demo plays) and gen 1 (no items or abilities, HP in 48ths, partial trapping).
 # Known rare gaps elsewhere: private halves of split lines in old gens (a Skill Swap), and a
 # gen-7 switch mask the parser narrows.
+@pytest.mark.slow
 @pytest.mark.parametrize("battle_format", ["gen9randombattle", "gen1randombattle"])
 def test_live_arrays_equal_the_parsers(showdown_server, showdown_package, battle_format):
     agent = asyncio.run(_play(showdown_server, battle_format, seed=7))

@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_runs_every_stage(showdown_package, tmp_path):
     env = dict(os.environ, DS_ACCELERATOR="cpu")
     env.pop("RANK", None)

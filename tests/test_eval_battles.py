@@ -26,6 +26,7 @@ def _checkpoint(folder):
     return folder
 
 
+@pytest.mark.slow
 def test_battles_against_baselines(showdown_package, tmp_path):
     out = tmp_path / "report"
     report = evaluate_battles(

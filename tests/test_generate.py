@@ -107,6 +107,7 @@ def assert_valid_outputs(out, expected_battles: int) -> tuple[list[dict], list[d
     return replays, truths
 
 
+@pytest.mark.slow
 def test_server_battles_between_baselines(showdown_package, tmp_path):
     cfg = GenerateConfig(
         out=tmp_path / "gen",
@@ -148,6 +149,7 @@ def test_sim_random_is_deterministic_and_valid(showdown_package, tmp_path):
     assert all(r["teams"]["p1"] and r["teams"]["p2"] for r in records)
 
 
+@pytest.mark.slow
 def test_team_format_with_generated_teams(showdown_package, tmp_path):
     teams = tmp_path / "gen9ou.txt"
     out = subprocess.run(
@@ -194,6 +196,7 @@ def test_format_needing_teams_without_them_is_refused(tmp_path):
         GenerateConfig(out=tmp_path, format="gen9ou", players=("random", "random"))
 
 
+@pytest.mark.slow
 def test_timeout_abandons_battles_instead_of_hanging(showdown_package, tmp_path):
     cfg = GenerateConfig(
         out=tmp_path / "t",
@@ -206,6 +209,7 @@ def test_timeout_abandons_battles_instead_of_hanging(showdown_package, tmp_path)
     assert summary.timed_out == 3 and summary.battles == 0
 
 
+@pytest.mark.slow
 def test_agent_exception_falls_back_to_a_legal_move(showdown_server):
     from poke_env.player import RandomPlayer
     from poke_env.ps_client.account_configuration import AccountConfiguration

@@ -32,6 +32,7 @@ def _battles(package, format_id, count, seed, **kw):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gen", range(1, 10))
 def test_labels_match_ground_truth_in_random_battles(showdown_package, gen):
     records = _battles(showdown_package, f"gen{gen}randombattle", 35, 1000 + gen)
@@ -51,6 +52,7 @@ def test_labels_match_ground_truth_in_random_battles(showdown_package, gen):
     assert recall[True] >= recall[False]  # a sheet names moves the log never shows
 
 
+@pytest.mark.slow
 def test_team_preview_format_matches_ground_truth(showdown_package, tmp_path):
     teams = tmp_path / "teams.txt"
     teams.write_text("\n".join(simtool.generate_teams(showdown_package, "gen9ou", 12, 3)) + "\n")
@@ -183,6 +185,7 @@ def test_inspect_cli_prints_the_reconstruction(shared_replays):
     assert text.returncode == 0 and "team_preview" in text.stdout and "amaterus" in text.stdout
 
 
+@pytest.mark.slow
 def test_bench_parse_prints_both_contestants(showdown_package, tmp_path):
     import subprocess
     import sys

@@ -56,6 +56,7 @@ def test_start_fails_clearly_when_port_is_taken(showdown_package, tmp_path):
         assert server.process is None
 
 
+@pytest.mark.slow
 def test_cli_start_status_stop(showdown_package, tmp_path):
     env = dict(os.environ)
     run = [sys.executable, "-m", "pokeagent", "showdown"]

@@ -135,6 +135,7 @@ def outcome_free(lines: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- battles
 
 
+@pytest.mark.slow
 def test_battles_are_deterministic(pkg: Path, random_records: list[dict[str, Any]]) -> None:
     again = list(
         run_random_battles(pkg, "gen9randombattle", 10, seed=1234, move_prob=0.8, tera_prob=0.3)

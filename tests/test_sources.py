@@ -498,6 +498,7 @@ def test_a_missing_path_is_an_error_before_anything_is_read(shared_replays: Path
 # ---------------------------------------------------------------- memory
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_20k_parquet_rows(shared_replays: Path, tmp_path: Path) -> None:
     logs = [_log_text(_load(p)) for p in sorted((shared_replays / "serverlogs").glob("*.json"))]
     path, rows, chunk = tmp_path / "big.parquet", 20_000, 1_000

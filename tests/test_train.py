@@ -47,6 +47,7 @@ def _losses(run_dir) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in rows}
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_gives_the_uninterrupted_losses(shards, tmp_path):
     steps = 24
     straight = subprocess.run(
@@ -106,6 +107,7 @@ def test_sigterm_then_resume_gives_the_uninterrupted_losses(shards, tmp_path):
         assert row["loss"] == reference[row["step"]], row
 
 
+@pytest.mark.slow
 def test_checkpoint_interval_and_keep_last(shards, tmp_path):
     run = subprocess.run(
         TRAIN
@@ -141,6 +143,7 @@ def test_dry_run_prints_resolved_configs(shards):
     assert resolved["peak_lr"] == pytest.approx(3e-4 * (32 / 256) ** 0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["zero1_bf16", "zero2_bf16", "zero3_bf16"])
 def test_two_ranks_train_with_each_zero_stage(shards, tmp_path, stage):
     run_dir = tmp_path / stage
@@ -166,6 +169,7 @@ def test_two_ranks_train_with_each_zero_stage(shards, tmp_path, stage):
     ]
 
 
+@pytest.mark.slow
 def test_two_ranks_sigterm_and_resume(shards, tmp_path):
     import psutil
 
@@ -216,6 +220,7 @@ def test_two_ranks_sigterm_and_resume(shards, tmp_path):
         assert row["loss"] == pytest.approx(reference[row["step"]], rel=1e-6, abs=1e-6), row
 
 
+@pytest.mark.slow
 def test_weights_export_and_tensorboard(shards, tmp_path):
     from safetensors.torch import load_file
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -262,6 +267,7 @@ def test_weights_export_and_tensorboard(shards, tmp_path):
     assert [e.step for e in events.Scalars("loss/total")] == [2, 4, 6]
 
 
+@pytest.mark.slow
 def test_test_mode_with_mock_data_runs_end_to_end(showdown_package, tmp_path):
     run_dir = tmp_path / "smoke"
     out = subprocess.run(
@@ -294,6 +300,7 @@ def test_test_mode_with_mock_data_runs_end_to_end(showdown_package, tmp_path):
     assert "step 20/20" in out.stdout
 
 
+@pytest.mark.slow
 def test_bench_train_prints_the_ratio(shards):
     out = subprocess.run(
         [

@@ -53,6 +53,7 @@ def _records(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_eval_every_validates_keeps_best_and_leaves_training_unchanged(shards, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -152,6 +153,7 @@ def test_status_shows_battles_and_time_left(tmp_path):
     assert "time limit 3.0 h: 2.0 h left before it stops" in text
 
 
+@pytest.mark.slow
 def test_eval_battles_run_beside_training_and_reach_tensorboard(shards, tmp_path):
     """--eval-battles: `pokeagent eval battles` in child processes that training does not wait
     for; their results reach TensorBoard at the step they evaluated (here through the resumed
@@ -208,6 +210,7 @@ def test_eval_battles_run_beside_training_and_reach_tensorboard(shards, tmp_path
     assert f"battles at step 6: vs random {rates[6]['random']:.2f}" in status.stdout
 
 
+@pytest.mark.slow
 def test_two_ranks_zero3_validate_without_changing_training(shards, tmp_path):
     """ZeRO-3 partitions the weights: every rank takes part in each validation forward (rank 0
     alone would hang). Training losses are those of a run without validation; rank 0 alone writes."""
