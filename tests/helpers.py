@@ -4,11 +4,36 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 TRAIN = [sys.executable, "-m", "pokeagent.train"]
 """`python -m pokeagent.train`, as a subprocess."""
+
+
+def run_pokeagent(*args, env: dict | None = None, timeout: float = 600):
+    """`python -m pokeagent ARGS` as a user runs it (arguments made strings), stdout and stderr
+    captured as text; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "pokeagent", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_training(argv: list, env: dict | None = None, timeout: float = 600):
+    """A training command (`TRAIN` or `torchrun(n)` plus options) in `train_env()` (or `env`),
+    stdout and stderr captured as text; returns the CompletedProcess."""
+    return subprocess.run(
+        [str(a) for a in argv],
+        env=env or train_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def torchrun(nproc: int) -> list[str]:

@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from helpers import run_pokeagent
 
 
 @pytest.mark.slow
 def test_demo_runs_every_stage(showdown_package, tmp_path):
     env = dict(os.environ, DS_ACCELERATOR="cpu")
     env.pop("RANK", None)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pokeagent",
-            "demo",
-            "--out",
-            str(tmp_path / "demo"),
-            "--battles",
-            "8",
-            "--train-steps",
-            "4",
-            "--eval-battles",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
+    out = run_pokeagent(
+        "demo", "--out", tmp_path / "demo", "--battles", 8, "--train-steps", 4, "--eval-battles", 2,
+        env=env, timeout=900,
+    )  # fmt: skip
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     for stage in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6", "=== report ==="):
         assert stage in out.stdout

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 from collections import defaultdict
 
 import pytest
+from helpers import run_pokeagent
 
 from pokeagent.data.audit import generated_records
 from pokeagent.data.generate import GenerateConfig, generate
@@ -152,23 +151,8 @@ def test_sim_random_is_deterministic_and_valid(showdown_package, tmp_path):
 @pytest.mark.slow
 def test_team_format_with_generated_teams(showdown_package, tmp_path):
     teams = tmp_path / "gen9ou.txt"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pokeagent",
-            "showdown",
-            "teams",
-            "--format",
-            "gen9ou",
-            "--count",
-            "3",
-            "--out",
-            str(teams),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_pokeagent(
+        "showdown", "teams", "--format", "gen9ou", "--count", 3, "--out", teams, timeout=300
     )
     assert out.returncode == 0, out.stderr
     assert len(teams.read_text().splitlines()) == 3

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from helpers import run_pokeagent
 
 from pokeagent.data.loader import LoaderConfig, TrajectoryLoader, worker_shards
 
@@ -88,26 +89,8 @@ def test_resume_refuses_another_layout(shards):
 
 
 def test_bench_load_prints_figures(shards):
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pokeagent",
-            "bench",
-            "load",
-            "--shards",
-            str(shards),
-            "--workers",
-            "0,1",
-            "--batches",
-            "5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_pokeagent(
+        "bench", "load", "--shards", shards, "--workers", "0,1", "--batches", 5, timeout=300
     )
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines()[1:]]

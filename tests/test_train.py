@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from helpers import TRAIN, torchrun, train_env
+from helpers import TRAIN, run_pokeagent, run_training, torchrun, train_env
 
 from pokeagent.train.ds_config import DS_CONFIG_DIR
 
@@ -50,13 +49,7 @@ def _losses(run_dir) -> dict[int, float]:
 @pytest.mark.slow
 def test_sigterm_then_resume_gives_the_uninterrupted_losses(shards, tmp_path):
     steps = 24
-    straight = subprocess.run(
-        TRAIN + _args(shards, tmp_path / "a", steps),
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    straight = run_training(TRAIN + _args(shards, tmp_path / "a", steps))
     assert straight.returncode == 0, straight.stderr[-3000:]
     reference = _losses(tmp_path / "a")
     assert sorted(reference) == list(range(1, steps + 1))
@@ -82,23 +75,11 @@ def test_sigterm_then_resume_gives_the_uninterrupted_losses(shards, tmp_path):
     assert stopped_at < steps, "the run finished before the signal"
     assert (run_b / "checkpoints" / "latest").read_text().strip() == f"step{stopped_at:08d}"
 
-    resumed = subprocess.run(
-        TRAIN + _args(shards, run_b, steps),
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = run_training(TRAIN + _args(shards, run_b, steps))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {stopped_at}" in resumed.stdout
     empty = tmp_path / "empty"
-    refused = subprocess.run(
-        TRAIN + _args(shards, empty, steps) + ["--resume"],
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    refused = run_training(TRAIN + _args(shards, empty, steps) + ["--resume"])
     assert refused.returncode != 0 and "no checkpoint" in refused.stderr
     rows = [json.loads(line) for line in (run_b / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1)), "a step was repeated or skipped"
@@ -109,18 +90,14 @@ def test_sigterm_then_resume_gives_the_uninterrupted_losses(shards, tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_interval_and_keep_last(shards, tmp_path):
-    run = subprocess.run(
+    run = run_training(
         TRAIN
         + _args(
             shards,
             tmp_path / "c",
             6,
             **{"checkpoint-minutes": 0.0001, "keep-last": 2, "workers-per-gpu": 0},
-        ),
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
+        )
     )
     assert run.returncode == 0, run.stderr[-3000:]
     kept = sorted(p.name for p in (tmp_path / "c" / "checkpoints").glob("step*"))
@@ -130,11 +107,9 @@ def test_checkpoint_interval_and_keep_last(shards, tmp_path):
 
 
 def test_dry_run_prints_resolved_configs(shards):
-    out = subprocess.run(
+    out = run_training(
         TRAIN + _args(shards, "unused", 10) + ["--dry-run"],
         env=train_env() | {"WORLD_SIZE": "4"},
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
@@ -153,9 +128,7 @@ def test_two_ranks_train_with_each_zero_stage(shards, tmp_path, stage):
         12,
         **{"ds-config": _cpu_variant(stage, tmp_path), "workers-per-gpu": 1, "learning-rate": 3e-3},
     )
-    run = subprocess.run(
-        torchrun(2) + args, env=train_env(), capture_output=True, text=True, timeout=600
-    )
+    run = run_training(torchrun(2) + args)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     losses = list(_losses(run_dir).values())
     assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3]), losses
@@ -175,13 +148,7 @@ def test_two_ranks_sigterm_and_resume(shards, tmp_path):
 
     steps = 16
     config = {"ds-config": _cpu_variant("zero2_bf16", tmp_path), "workers-per-gpu": 1}
-    straight = subprocess.run(
-        torchrun(2) + _args(shards, tmp_path / "a", steps, **config),
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    straight = run_training(torchrun(2) + _args(shards, tmp_path / "a", steps, **config))
     assert straight.returncode == 0, straight.stderr[-3000:]
     reference = _losses(tmp_path / "a")
 
@@ -206,13 +173,7 @@ def test_two_ranks_sigterm_and_resume(shards, tmp_path):
     assert launcher.wait(timeout=300) == 0
     stopped_at = max(_losses(run_b))
     assert stopped_at < steps
-    resumed = subprocess.run(
-        torchrun(2) + _args(shards, run_b, steps, **config),
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = run_training(torchrun(2) + _args(shards, run_b, steps, **config))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = [json.loads(line) for line in (run_b / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
@@ -230,13 +191,7 @@ def test_weights_export_and_tensorboard(shards, tmp_path):
     from pokeagent.model.network import PokeAgentNet
 
     run_dir = tmp_path / "w"
-    run = subprocess.run(
-        TRAIN + _args(shards, run_dir, 6, **{"log-every": 2}),
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_training(TRAIN + _args(shards, run_dir, 6, **{"log-every": 2}))
     assert run.returncode == 0, run.stderr[-3000:]
     weights = load_file(str(run_dir / "checkpoints" / "step00000006" / "model.safetensors"))
     net = PokeAgentNet(preset("tiny", max_window=32), schema()["vocab"])
@@ -270,24 +225,10 @@ def test_weights_export_and_tensorboard(shards, tmp_path):
 @pytest.mark.slow
 def test_test_mode_with_mock_data_runs_end_to_end(showdown_package, tmp_path):
     run_dir = tmp_path / "smoke"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pokeagent",
-            "train",
-            "--test-mode",
-            "--mock-data",
-            "--run-dir",
-            str(run_dir),
-            "--workers-per-gpu",
-            "1",
-        ],
+    out = run_pokeagent(
+        "train", "--test-mode", "--mock-data", "--run-dir", run_dir, "--workers-per-gpu", 1,
         env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert sorted(_losses(run_dir)) == list(range(1, 21))
     assert (
@@ -302,27 +243,10 @@ def test_test_mode_with_mock_data_runs_end_to_end(showdown_package, tmp_path):
 
 @pytest.mark.slow
 def test_bench_train_prints_the_ratio(shards):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pokeagent",
-            "bench",
-            "train",
-            "--shards",
-            str(shards),
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--window",
-            "16",
-        ],
+    out = run_pokeagent(
+        "bench", "train", "--shards", shards, "--steps", 2, "--batch-size", 4, "--window", 16,
         env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "plain PyTorch:" in out.stdout and "DeepSpeed:" in out.stdout
     ratio = float(out.stdout.split("step-time ratio DeepSpeed / plain:")[1].split()[0])

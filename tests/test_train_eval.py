@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
-from helpers import TRAIN, torchrun, train_env
+from helpers import TRAIN, run_pokeagent, run_training, torchrun, train_env
 
 from pokeagent.eval.offline import OfflineEvalConfig, run_offline_eval
 
@@ -29,24 +28,12 @@ def _train(shards, run_dir, *extra: str) -> subprocess.CompletedProcess:
         "seed": 5,
     }
     argv = [item for key, value in options.items() for item in (f"--{key}", str(value))]
-    return subprocess.run(
-        [*TRAIN, "--test-mode", *argv, *extra],
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_training([*TRAIN, "--test-mode", *argv, *extra])
 
 
 def _status(run_dir) -> subprocess.CompletedProcess:
     """`pokeagent status RUN_DIR`, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "pokeagent", "status", str(run_dir)],
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_pokeagent("status", run_dir, env=train_env(), timeout=120)
 
 
 def _records(run_dir) -> list[dict]:
@@ -108,13 +95,7 @@ def test_eval_every_validates_keeps_best_and_leaves_training_unchanged(shards, t
 
 def test_invalid_eval_option_is_refused_before_anything_starts(tmp_path):
     run_dir = tmp_path / "never"
-    out = subprocess.run(
-        [*TRAIN, "--run-dir", str(run_dir), "--eval-every", "-1"],
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_training([*TRAIN, "--run-dir", run_dir, "--eval-every", -1], timeout=120)
     assert out.returncode == 2 and "--eval-every must be >= 0 (got -1)" in out.stderr
     assert not run_dir.exists()
 
@@ -222,12 +203,8 @@ def test_two_ranks_zero3_validate_without_changing_training(shards, tmp_path):
     launch = [*torchrun(2), "--ds-config", str(tmp_path / "zero3.json")]
     common = ["--test-mode", "--data-dir", str(shards), "--max-steps", "6", "--log-every", "3"]
     for name, extra in (("plain", []), ("eval", ["--eval-every", "3", "--eval-samples", "6"])):
-        run = subprocess.run(
-            [*launch, *common, "--workers-per-gpu", "0", "--run-dir", str(tmp_path / name), *extra],
-            env=train_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
+        run = run_training(
+            [*launch, *common, "--workers-per-gpu", "0", "--run-dir", str(tmp_path / name), *extra]
         )
         assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     records = _records(tmp_path / "eval")
