@@ -59,6 +59,17 @@ def test_good_data_directory_passes(shards, tmp_path):
             assert status == SKIP and "no CUDA GPU" in detail
 
 
+def test_a_mixture_checks_every_folder(shards, tmp_path):
+    """`--data-dir DIR=W,DIR=W` (the loader's mixture, `pokeagent improve`): each folder is
+    checked; a missing one fails, naming it."""
+    second = shutil.copytree(shards, tmp_path / "round-000")
+    status, detail = _status(validate(_cfg(f"{shards}=3,{second}=1", tmp_path)), "data")
+    assert status == PASS and detail.startswith("a mixture of 2")
+    missing = tmp_path / "round-001"
+    status, detail = _status(validate(_cfg(f"{shards}=3,{missing}=1", tmp_path)), "data")
+    assert status == FAIL and str(missing) in detail
+
+
 def test_damaged_data_directories_fail_naming_the_shard(shards, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(shards, broken)

@@ -293,10 +293,14 @@ def check(opts: LaunchOptions) -> None:
 
     if opts.model not in PRESETS:
         raise LaunchError(f"--model {opts.model!r}: choose from {sorted(PRESETS)}")
-    if not opts.mock_data and not opts.dry_run and not Path(opts.data_dir).is_dir():
+    from pokeagent.data.loader import parse_mixture
+
+    folders = [d for d, _ in parse_mixture(opts.data_dir) or [(opts.data_dir, 1.0)]]
+    missing = [d for d in folders if not Path(d).is_dir()]
+    if not opts.mock_data and not opts.dry_run and missing:
         raise LaunchError(
-            f"--data-dir {opts.data_dir}: no such folder (pack shards with `pokeagent pack`, or "
-            "give --mock-data for a smoke run)"
+            f"--data-dir {', '.join(missing)}: no such folder (pack shards with `pokeagent pack`, "
+            "or give --mock-data for a smoke run)"
         )
 
 

@@ -240,10 +240,30 @@ def check_gpu_memory(cfg: ValidateConfig) -> Check:
 
 
 def check_data(cfg: ValidateConfig) -> Check:
+    """Every folder of `--data-dir` (one, or each of a mixture `DIR=W,...`)."""
+    from pokeagent.data.loader import parse_mixture
+
+    try:
+        mixture = parse_mixture(cfg.data_dir)
+    except ValueError as error:
+        return Check("data", FAIL, str(error))
+    if mixture is None:
+        return check_folder(Path(cfg.data_dir), cfg.comprehensive)
+    checks = [check_folder(Path(folder), cfg.comprehensive) for folder, _ in mixture]
+    failed = [c for c in checks if c.status == FAIL]
+    if failed:
+        return Check("data", FAIL, "; ".join(c.detail for c in failed))
+    return Check(
+        "data", PASS, f"a mixture of {len(checks)}: " + "; ".join(c.detail for c in checks)
+    )
+
+
+def check_folder(root: Path, comprehensive: bool) -> Check:
+    """One `pokeagent pack` output: its manifest, its shards' sizes (and, comprehensive, every
+    sample), its encoder schema."""
     from pokeagent.data.encode import schema
     from pokeagent.data.pack import MANIFEST_FILE
 
-    root = Path(cfg.data_dir)
     if not root.is_dir():
         return Check("data", FAIL, f"{root}: no such directory (make shards with `pokeagent pack`)")
     manifest_path = root / MANIFEST_FILE
@@ -276,7 +296,7 @@ def check_data(cfg: ValidateConfig) -> Check:
         problems.append(
             f"packed with another encoder schema (differs in {differs}): re-pack with this version"
         )
-    if not problems and cfg.comprehensive:
+    if not problems and comprehensive:
         from pokeagent.data.shards import read_shard
 
         for info in listed["train"] + listed.get("val", []):
@@ -300,7 +320,7 @@ def check_data(cfg: ValidateConfig) -> Check:
         PASS,
         f"{root}: {len(train)} train shards, {sum(s['samples'] for s in train)} trajectories, "
         f"{sum(s['decisions'] for s in train)} decisions"
-        + (", every shard read" if cfg.comprehensive else ", sizes match the manifest"),
+        + (", every shard read" if comprehensive else ", sizes match the manifest"),
     )
 
 
