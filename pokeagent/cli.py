@@ -7,6 +7,7 @@ pokeagent download --dataset metamon-raw --formats gen1ou --min-rating 1300 --ou
 pokeagent eval offline --checkpoint RUN_DIR --shards SHARDS_DIR
 pokeagent eval battles --checkpoint RUN_DIR --opponents random,maxpower,heuristic --battles 200
 pokeagent eval ladder RUN_A/checkpoints/step00001000 RUN_B --games 1000 --out DIR
+pokeagent play RUN_DIR --server public --username NAME --password-env VAR --ladder 10
 pokeagent status RUN_DIR
 pokeagent improve --shards SHARDS_DIR [--start RUN_DIR] --rounds 3 --out DIR
 pokeagent demo
@@ -322,6 +323,24 @@ def _improve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _play(args: argparse.Namespace) -> int:
+    from pokeagent.eval.play import LoginFailed, PlayConfig, play
+
+    try:
+        summary = play(config_from(PlayConfig, args))
+    except LoginFailed as error:
+        print(f"pokeagent play: cannot log in: {error}", file=sys.stderr)
+        return 2
+    run = summary["this_run"]
+    print(
+        f"{summary['username']} on {summary['server']}: {run['games']} games this run; in all "
+        f"{summary['wins']}-{summary['losses']}-{summary['ties']} (won-lost-tied), rating "
+        f"{summary['rating']}; {run['reconnects']} reconnects, {run['fallbacks']} random "
+        f"fallbacks; stopped: {run['stopped']} -> {summary['out']}/play.json"
+    )
+    return 1 if run["error"] else 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from pokeagent.eval.status import run_status
 
@@ -561,6 +580,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_options(val, ValidateConfig)
     val.set_defaults(func=_validate)
+
+    pl = verbs.add_parser(
+        "play",
+        help="the agent on a Showdown server with an account: ladder, challenges (see README)",
+    )
+    from pokeagent.eval.play import PlayConfig
+
+    pl.add_argument("checkpoint", help="a checkpoint folder, run directory or model.safetensors")
+    add_options(pl, PlayConfig, skip=("checkpoint",))
+    pl.set_defaults(func=_play)
 
     st = verbs.add_parser(
         "status", help="a training run: step, checkpoints, validation, battles, time left"

@@ -73,12 +73,15 @@ def players_from_log(log: str) -> tuple[str, str] | None:
 
 def own_teams(value: object) -> dict[str, list[dict]] | None:
     """{'p1': [set...], 'p2': [set...]} when `value` is one (sets need a species and a move
-    list), else None: a malformed team is dropped, never trusted."""
+    list), else None: a malformed team is dropped, never trusted. One side may be absent (a
+    game recorded by one of its players, `pokeagent play`): the other keeps its hindsight."""
     if not isinstance(value, dict):
         return None
     teams = {}
     for side in ("p1", "p2"):
         sets = value.get(side)
+        if sets is None:
+            continue
         if not isinstance(sets, list) or not sets:
             return None
         for pokemon in sets:
@@ -90,4 +93,4 @@ def own_teams(value: object) -> dict[str, list[dict]] | None:
             ):
                 return None
         teams[side] = sets
-    return teams
+    return teams or None

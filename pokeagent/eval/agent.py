@@ -42,6 +42,10 @@ from pokeagent.showdown.state import BattleState
 # chat): they do not make a new decision point.
 _NOT_EVENTS = ROOM_LINES | {"error", "bigerror", "callback", "sentchoice", "request"}
 _SECRET_HP = re.compile(r"^(\d+)/(\d+)(.*)$")
+# Lines a player receives that a spectator never sees (nor the public replay): the room's own
+# set-up, the player's requests and refused choices, its own timer.
+_PRIVATE = {"request", "error", "bigerror", "sentchoice", "callback", "init", "title", "deinit"}
+_PRIVATE_TIMER = "Time left:"
 # Lines whose HP field (index in `line.split("|")`) a player sees exactly for its own Pokémon.
 _HP_FIELD = {"switch": 4, "drag": 4, "replace": 4, "-damage": 3, "-heal": 3, "-sethp": 3}
 
@@ -95,6 +99,9 @@ class LiveView:
     """`HP Percentage Mod` is on: the public HP is a percentage in every generation."""
     lines: int = 0
     """Battle-event lines received so far."""
+    log: list[str] = field(default_factory=list)
+    """The battle's lines as a spectator sees them (own HP in the public form, no request, no
+    private timer line): the log of a public replay of this battle."""
     _hindsight: Hindsight | None = field(default=None, init=False, repr=False)
     _hindsight_size: int = field(default=0, init=False, repr=False)
 
@@ -122,6 +129,11 @@ class LiveView:
             shown = public_hp(hp, max_hp, self.state.gen, self.percentages) if hp else "0"
             parts[position] = shown + rest
             line = "|".join(parts)
+        private_timer = (
+            kind == "inactive" and len(parts) > 2 and parts[2].startswith(_PRIVATE_TIMER)
+        )
+        if kind not in _PRIVATE and not private_timer:
+            self.log.append(line)
         msg = parse_line(line)
         if msg is not None:
             self.state.apply(msg)
@@ -292,11 +304,14 @@ class AgentPlayer(Player):
         if view is None:
             view = self.views[tag] = LiveView(self.username)
         for parts in split_messages[1:]:
-            if len(parts) > 2 and parts[1] == "request":
-                if parts[2]:
-                    view.on_request(json.loads(parts[2]))
-            elif len(parts) > 1:
-                view.feed("|".join(parts))
+            try:
+                if len(parts) > 2 and parts[1] == "request":
+                    if parts[2]:
+                        view.on_request(json.loads(parts[2]))
+                elif len(parts) > 1:
+                    view.feed("|".join(parts))
+            except Exception as error:  # one bad line: count it, poke-env must still see the rest
+                self._error(error)
         await super()._handle_battle_message(split_messages)
 
     def _battle_finished_callback(self, battle) -> None:
@@ -305,15 +320,23 @@ class AgentPlayer(Player):
         self.history.pop(battle.battle_tag, None)
 
     def _decide(self, battle) -> str:
-        view = self.views[battle.battle_tag]
-        observation = view.observe()
+        history = self._observe(battle)
+        action, win = self.policy.act(history)
+        return self._play(battle, history[-1], action, win)
+
+    def _observe(self, battle) -> list[Observation]:
+        """The battle's decisions so far, the current one last (the network's input)."""
+        observation = self.views[battle.battle_tag].observe()
         history = self.history.setdefault(battle.battle_tag, [])
         if history and history[-1].position == observation.position:
             history.pop()  # asked again with nothing new in between: the same decision
             if self.keep_records:
                 self.records[battle.battle_tag].pop()
         history.append(observation)
-        action, win = self.policy.act(history)
+        return history
+
+    def _play(self, battle, observation: Observation, action: int, win: float) -> str:
+        """The Showdown choice of the network's `action` (kept in `records` when asked)."""
         if action not in observation.choices:
             raise RuntimeError(f"the network chose action {action}, not an option here")
         if self.keep_records:
