@@ -254,11 +254,12 @@ class PlayClient(PSClient):
     async def send_message(self, message: str, room: str = "", message_2: str | None = None):
         if message.startswith("/leave battle-"):
             return  # the owner leaves a finished battle itself (`send_raw`)
-        await super().send_message(message, room, message_2)
+        await self.send_raw("|".join([message, message_2]) if message_2 else message, room)
 
     async def send_raw(self, message: str, room: str = "") -> None:
         """Send as is (a `/leave` of a battle room included)."""
-        await super().send_message(message, room)
+        self.logger.debug(">>> %s|%s", room, message)
+        await self.websocket.send(f"{room}|{message}")
 
     async def listen(self) -> None:
         """Connect, and connect again after every drop until `close`."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from poke_env.data import to_id_str
 from poke_env.ps_client.account_configuration import AccountConfiguration
 from poke_env.ps_client.server_configuration import ServerConfiguration
+from websockets.exceptions import ConnectionClosed
 
 from pokeagent.eval.agent import AgentPlayer, LiveView, NetworkPolicy, _Choice
 from pokeagent.eval.play import ACCEPT, CHALLENGE, LADDER, LoginFailed, PlayConfig
@@ -148,6 +149,9 @@ class PlayAgent(AgentPlayer):
             kept = self._bookkeep(tag, split_messages)
             if kept is not None:
                 await super()._handle_battle_message(kept)
+        except ConnectionClosed:
+            # The choice did not go out; after the reconnect the server asks again.
+            self.session.log.info("%s: the connection is down, a choice was not sent", tag)
         except Exception:
             self.message_errors += 1
             self.session.log.exception("%s: could not handle a message", tag)
