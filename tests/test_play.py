@@ -141,9 +141,9 @@ def test_own_teams_may_hold_one_side():
     assert own_teams({}) is None
 
 
-def test_a_bad_message_never_stalls_the_battle(checkpoint, tmp_path):
-    """Lines that break the agent or poke-env are counted; a request left unanswered by them is
-    answered with the server's default choice; rooms that are not our games are ignored."""
+@pytest.fixture
+def session(checkpoint, tmp_path):
+    """A play session that never connects: its player is fed messages directly."""
     from pokeagent.eval.checkpoint import load_network
     from pokeagent.eval.play import _in_poke_loop
     from pokeagent.eval.play_session import Session
@@ -153,36 +153,50 @@ def test_a_bad_message_never_stalls_the_battle(checkpoint, tmp_path):
     )
     net = load_network(checkpoint).net
     log = logging.getLogger("pokeagent.play.test")
-    session = _in_poke_loop(
-        lambda: Session(cfg, websocket_url(cfg.server), None, net, tmp_path, log)
-    )
-    sent = []
-    session.send = lambda *messages: sent.extend(messages)
+    made = _in_poke_loop(lambda: Session(cfg, websocket_url(cfg.server), None, net, tmp_path, log))
+    made.sent = []
+    made.send = lambda *messages: made.sent.extend(messages)
+    yield made
+    made.player.executor.shutdown()
+
+
+def _in_loop(coroutine, timeout=10):
+    from poke_env.concurrency import POKE_LOOP
+
+    return asyncio.run_coroutine_threadsafe(coroutine, POKE_LOOP).result(timeout)
+
+
+def test_a_bad_message_never_stalls_the_battle(session):
+    """Lines that break the agent or poke-env are counted; a request left unanswered by them is
+    answered with the server's default choice; rooms that are not our games are ignored."""
     tag = f"battle-{FORMAT}-7"
 
-    def feed(text: str) -> None:
-        from poke_env.concurrency import POKE_LOOP
-
-        split = [line.split("|") for line in f">{tag}\n{text}".split("\n")]
-        asyncio.run_coroutine_threadsafe(
-            session.player._handle_battle_message(split), POKE_LOOP
-        ).result(timeout=10)
+    def feed(text: str, room: str = tag) -> None:
+        split = [line.split("|") for line in f">{room}\n{text}".split("\n")]
+        _in_loop(session.player._handle_battle_message(split))
 
     feed("|init|battle\n|title|unit vs. other\n|player|p1|unit|1|\n|player|p2|other|2|")
     assert session.started == 1 and session.player.games[tag].side == "p1"
     feed('|request|{"rqid": 3, "side": {"id": "p1"}}')  # poke-env cannot read it
     feed("|request|{not json")
     feed("|-damage|p1a: Nobody|garbage hp")
-    assert sent == [f"{tag}|/choose default"]  # once: the broken line had no rqid
+    assert session.sent == [f"{tag}|/choose default"]  # once: the broken line had no rqid
     assert session.player.message_errors >= 2
     feed("|turn|1")  # the battle goes on
-    split = [[">battle-gen9ou-99"], ["", "turn", "2"]]
-    from poke_env.concurrency import POKE_LOOP
+    feed("|turn|2", room=f"battle-{FORMAT}-99")  # not ours: ignored (poke-env would wait forever)
 
-    asyncio.run_coroutine_threadsafe(
-        session.player._handle_battle_message(split), POKE_LOOP
-    ).result(timeout=5)  # not ours: ignored at once (poke-env would wait for it forever)
-    session.player.executor.shutdown()
+
+def test_a_slow_decision_plays_a_random_legal_move(session):
+    """The network thinks beside the connection; past the deadline a random move goes out."""
+    from types import SimpleNamespace
+
+    session.cfg.move_time_s = 0.2
+    session.player._observe = lambda battle: ["observation"]
+    session.player.policy.act = lambda history: time.sleep(2) or (0, 0.5)
+    started = time.monotonic()
+    assert _in_loop(session.player._choose(SimpleNamespace(battle_tag="battle-x-1"))) is None
+    assert time.monotonic() - started < 1.5
+    assert session.player.slow_decisions == 1 and session.player.fallbacks == 1
 
 
 # ---------------------------------------------------------------------- helpers for server tests
@@ -318,10 +332,16 @@ def _play_in_thread(cfg: PlayConfig) -> tuple[threading.Thread, dict]:
     return thread, result
 
 
-def _play_command(checkpoint, server, name, tmp_path, *options) -> list[str]:
+def _spawn(checkpoint, server, name, tmp_path, *options) -> subprocess.Popen:
+    """`pokeagent play` as NAME on `server`, writing to tmp_path/NAME."""
     out = str(tmp_path / name)
     where = ["--server", server.websocket_url, "--username", name, "--out", out]
-    return [sys.executable, "-m", "pokeagent", "play", checkpoint, *where, *options]
+    return subprocess.Popen(
+        [sys.executable, "-m", "pokeagent", "play", checkpoint, *where, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _logged_in(out: Path) -> bool:
@@ -336,14 +356,7 @@ def _logged_in(out: Path) -> bool:
 def test_two_processes_ladder_against_each_other(showdown_server, checkpoint, tmp_path):
     names = [unique_name("ladA"), unique_name("ladB")]
     procs = [
-        subprocess.Popen(
-            _play_command(
-                checkpoint, showdown_server, name, tmp_path, "--ladder", "2", "--concurrency", "2"
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        _spawn(checkpoint, showdown_server, name, tmp_path, "--ladder", "2", "--concurrency", "2")
         for name in names
     ]
     outputs = [proc.communicate(timeout=400)[0] for proc in procs]
@@ -443,44 +456,40 @@ def test_a_restarted_server_counts_the_game_lost(showdown_package, checkpoint, t
 
 
 @pytest.mark.slow
-def test_ctrl_c_finishes_the_games_and_twice_forfeits(showdown_server, checkpoint, tmp_path):
-    names = [unique_name("stopA"), unique_name("stopB")]
+def test_challenge_accepted_then_ctrl_c_once_and_twice(showdown_server, checkpoint, tmp_path):
+    """A challenges B (two play processes); in their first game B gets one Ctrl-C (no new
+    game, this one is played out) and A two (it forfeits now): both end with a summary."""
+    a, b = unique_name("chalA"), unique_name("accB")
+    one_at_a_time = ("--games", "4", "--concurrency", "1")
     procs = {
-        name: subprocess.Popen(
-            _play_command(
-                checkpoint, showdown_server, name, tmp_path, "--ladder", "4", "--concurrency", "1"
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for name in names
+        a: _spawn(checkpoint, showdown_server, a, tmp_path, "--challenge", b, *one_at_a_time),
+        b: _spawn(checkpoint, showdown_server, b, tmp_path, "--accept-from", a, *one_at_a_time),
     }
-    started = {name: tmp_path / name / "play.log" for name in names}
+    logs = [tmp_path / name / "play.log" for name in (a, b)]
     try:
         _wait(
-            lambda: all(p.exists() and "game 1 started" in p.read_text() for p in started.values()),
+            lambda: all(p.exists() and "game 1 started" in p.read_text() for p in logs),
             180,
             "the first game",
         )
-        a, b = (procs[name] for name in names)
-        b.send_signal(signal.SIGINT)  # B: no new game, but this one is played out
+        procs[b].send_signal(signal.SIGINT)
         time.sleep(1.0)
-        assert b.poll() is None
-        a.send_signal(signal.SIGINT)
+        assert procs[b].poll() is None  # still playing its game
+        procs[a].send_signal(signal.SIGINT)
         time.sleep(0.5)
-        a.send_signal(signal.SIGINT)  # A: forfeit now
-        outputs = {name: procs[name].communicate(timeout=120)[0] for name in names}
+        procs[a].send_signal(signal.SIGINT)
+        outputs = {name: procs[name].communicate(timeout=120)[0] for name in (a, b)}
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
-    assert [procs[name].returncode for name in names] == [0, 0], outputs
-    (row_a,) = _lines(tmp_path / names[0] / "games.jsonl")
-    (row_b,) = _lines(tmp_path / names[1] / "games.jsonl")
-    assert (row_a["result"], row_a["end"]) == ("loss", "interrupted")
-    assert (row_b["result"], row_b["end"]) == ("win", "forfeit")
-    for name in names:
+    assert [procs[name].returncode for name in (a, b)] == [0, 0], outputs
+    (row_a,) = _lines(tmp_path / a / "games.jsonl")
+    (row_b,) = _lines(tmp_path / b / "games.jsonl")
+    assert row_a["id"] == row_b["id"] and not row_a["rated"]
+    assert (row_a["result"], row_a["end"], row_a["opponent"]) == ("loss", "interrupted", b)
+    assert (row_b["result"], row_b["end"], row_b["opponent"]) == ("win", "forfeit", a)
+    for name in (a, b):
         summary = json.loads((tmp_path / name / "play.json").read_text())
         assert summary["this_run"]["stopped"] == "interrupt" and summary["games"] == 1
         assert "stopping after the current games" in outputs[name]

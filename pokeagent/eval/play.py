@@ -42,12 +42,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import random
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pokeagent.data.generate import is_random_team_format
@@ -164,6 +167,155 @@ class PlayConfig:
         if not self.accept_from:
             return None
         return {to_id(name) for name in self.accept_from.split(",") if name.strip()}
+
+
+@dataclass
+class Game:
+    """One game, as the agent saw it."""
+
+    tag: str
+    """The battle room (`battle-gen9randombattle-123`)."""
+    started: float = field(default_factory=time.time)
+    side: str | None = None
+    players: dict[str, str] = field(default_factory=dict)
+    ratings: dict[str, int] = field(default_factory=dict)
+    """Side -> the rating the `|player|` line showed at the start (rated games)."""
+    rated: bool = False
+    format_name: str | None = None
+    result: str | None = None
+    """win, loss or tie; None while it runs."""
+    end: str | None = None
+    """normal, forfeit, timer, disconnected, interrupted, too-long."""
+    rating_before: int | None = None
+    rating_after: int | None = None
+    turns: int = 0
+    decisions: int = 0
+    fallbacks: int = 0
+    """Decisions played at random: too slow, or the agent raised."""
+    rejoined: int = 0
+    """Times the server put the agent back into this game after a reconnect."""
+    invalid_choices: int = 0
+    finished_at: float | None = None
+    recorded: bool = False
+    log: list[str] = field(default_factory=list)
+    sheet: list[dict] = field(default_factory=list)
+    turn_seconds_left: float | None = None
+    seen_message: str = ""
+
+    @property
+    def opponent(self) -> str | None:
+        other = {"p1": "p2", "p2": "p1"}.get(self.side or "")
+        return self.players.get(other) if other else None
+
+    def replay_id(self, label: str) -> str:
+        """The battle's id (`gen9ou-123`), after `label-` on servers other than the public one."""
+        rid = self.tag.removeprefix("battle-")
+        return f"{label}-{rid}" if label else rid
+
+    def row(self, username: str, server: str, label: str) -> dict:
+        return {
+            "id": self.replay_id(label),
+            "server": server,
+            "username": username,
+            "opponent": self.opponent,
+            "side": self.side,
+            "result": self.result,
+            "end": self.end,
+            "rated": self.rated,
+            "rating_before": self.rating_before
+            if self.rating_before is not None
+            else self.ratings.get(self.side or ""),
+            "rating_after": self.rating_after,
+            "opponent_rating": self.ratings.get({"p1": "p2", "p2": "p1"}.get(self.side or "", "")),
+            "turns": self.turns,
+            "decisions": self.decisions,
+            "fallbacks": self.fallbacks,
+            "rejoined": self.rejoined,
+            "started": self.started,
+            "seconds": round((self.finished_at or time.time()) - self.started, 1),
+        }
+
+    def replay(self, formatid: str, label: str) -> dict:
+        """The public replay JSON of this game (`pokeagent generate`'s shape, `teams` one-sided)."""
+        shown = [r for r in self.ratings.values() if r]
+        return {
+            "id": self.replay_id(label),
+            "format": self.format_name or formatid,
+            "formatid": formatid,
+            "players": [self.players.get("p1", ""), self.players.get("p2", "")],
+            "log": "\n".join(self.log),
+            "rating": min(shown) if self.rated and shown else None,
+            "uploadtime": int(self.finished_at or time.time()),
+            "teams": {self.side: self.sheet} if self.side and self.sheet else None,
+        }
+
+
+class Records:
+    """games.jsonl, replays.jsonl, play.json and TensorBoard in the output folder; the table
+    counts the games already there (a rerun appends)."""
+
+    def __init__(self, out: Path, header: dict, tensorboard: bool = True):
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        self.header = header
+        self.rows: list[dict] = []
+        games = out / "games.jsonl"
+        if games.exists():
+            for line in games.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    self.rows.append(json.loads(line))
+        self.before = len(self.rows)
+        self.tensorboard = tensorboard
+        self._writer = None
+
+    def add(self, row: dict, replay: dict) -> None:
+        with open(self.out / "replays.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(replay) + "\n")
+        with open(self.out / "games.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        self.rows.append(row)
+        table = self.table()
+        if self.tensorboard:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out / "tb"))
+            step = table["games"]
+            for name in ("wins", "losses", "ties", "win_rate", "rating"):
+                if table[name] is not None:
+                    self._writer.add_scalar(f"play/{name}", table[name], step)
+            self._writer.add_scalar("play/turns", row["turns"], step)
+            self._writer.flush()
+
+    def table(self) -> dict:
+        results = Counter(row["result"] for row in self.rows)
+        games = len(self.rows)
+        rating = next(
+            (r["rating_after"] for r in reversed(self.rows) if r.get("rating_after") is not None),
+            None,
+        )
+        return {
+            "games": games,
+            "wins": results["win"],
+            "losses": results["loss"],
+            "ties": results["tie"],
+            "win_rate": (results["win"] + 0.5 * results["tie"]) / games if games else None,
+            "rating": rating,
+            "ends": dict(Counter(row["end"] for row in self.rows)),
+            "opponents": dict(Counter(row["opponent"] for row in self.rows).most_common(20)),
+        }
+
+    def write(self, run: dict) -> dict:
+        """play.json: the table, this run's figures and the configuration."""
+        summary = {**self.table(), "this_run": run, **self.header}
+        tmp = self.out / "play.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(self.out / "play.json")
+        return summary
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 class LoginFailed(RuntimeError):

@@ -8,7 +8,7 @@
   while it thinks; a late or failed decision plays a random legal move.
 - `Session`: the connection's events (drops, `|updatesearch|`, challenges by PM), finding games
   (one ladder search or one challenge at a time, accepting waiting challengers), the stop, and
-  `Records`: games.jsonl, replays.jsonl, play.json and TensorBoard.
+  the records of each game (`play.Records`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import random
 import re
 import sys
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from poke_env.data import to_id_str
@@ -32,7 +31,7 @@ from poke_env.ps_client.server_configuration import ServerConfiguration
 from websockets.exceptions import ConnectionClosed
 
 from pokeagent.eval.agent import AgentPlayer, LiveView, NetworkPolicy, _Choice
-from pokeagent.eval.play import ACCEPT, CHALLENGE, LADDER, LoginFailed, PlayConfig
+from pokeagent.eval.play import ACCEPT, CHALLENGE, LADDER, Game, LoginFailed, PlayConfig, Records
 from pokeagent.eval.play_client import PlayClient, is_loopback, server_label
 from pokeagent.showdown.players import TeamPool, unique_name
 
@@ -44,87 +43,6 @@ SEARCH_RETRY_S = 5.0
 """The least time between two ladder searches that did not start a game."""
 _RATING_LINE = re.compile(r"^(.*)'s rating: (\d+) &rarr; <strong>(\d+)</strong>")
 _TIME_LEFT = re.compile(r"Time left: (\d+) sec this turn")
-
-
-@dataclass
-class Game:
-    """One game, as the agent saw it."""
-
-    tag: str
-    """The battle room (`battle-gen9randombattle-123`)."""
-    started: float = field(default_factory=time.time)
-    side: str | None = None
-    players: dict[str, str] = field(default_factory=dict)
-    ratings: dict[str, int] = field(default_factory=dict)
-    """Side -> the rating the `|player|` line showed at the start (rated games)."""
-    rated: bool = False
-    format_name: str | None = None
-    result: str | None = None
-    """win, loss or tie; None while it runs."""
-    end: str | None = None
-    """normal, forfeit, timer, disconnected, interrupted, too-long."""
-    rating_before: int | None = None
-    rating_after: int | None = None
-    turns: int = 0
-    decisions: int = 0
-    fallbacks: int = 0
-    """Decisions played at random: too slow, or the agent raised."""
-    rejoined: int = 0
-    """Times the server put the agent back into this game after a reconnect."""
-    invalid_choices: int = 0
-    finished_at: float | None = None
-    recorded: bool = False
-    log: list[str] = field(default_factory=list)
-    sheet: list[dict] = field(default_factory=list)
-    turn_seconds_left: float | None = None
-    seen_message: str = ""
-
-    @property
-    def opponent(self) -> str | None:
-        other = {"p1": "p2", "p2": "p1"}.get(self.side or "")
-        return self.players.get(other) if other else None
-
-    def replay_id(self, label: str) -> str:
-        """The battle's id (`gen9ou-123`), after `label-` on servers other than the public one."""
-        rid = self.tag.removeprefix("battle-")
-        return f"{label}-{rid}" if label else rid
-
-    def row(self, username: str, server: str, label: str) -> dict:
-        return {
-            "id": self.replay_id(label),
-            "server": server,
-            "username": username,
-            "opponent": self.opponent,
-            "side": self.side,
-            "result": self.result,
-            "end": self.end,
-            "rated": self.rated,
-            "rating_before": self.rating_before
-            if self.rating_before is not None
-            else self.ratings.get(self.side or ""),
-            "rating_after": self.rating_after,
-            "opponent_rating": self.ratings.get({"p1": "p2", "p2": "p1"}.get(self.side or "", "")),
-            "turns": self.turns,
-            "decisions": self.decisions,
-            "fallbacks": self.fallbacks,
-            "rejoined": self.rejoined,
-            "started": self.started,
-            "seconds": round((self.finished_at or time.time()) - self.started, 1),
-        }
-
-    def replay(self, formatid: str, label: str) -> dict:
-        """The public replay JSON of this game (`pokeagent generate`'s shape, `teams` one-sided)."""
-        shown = [r for r in self.ratings.values() if r]
-        return {
-            "id": self.replay_id(label),
-            "format": self.format_name or formatid,
-            "formatid": formatid,
-            "players": [self.players.get("p1", ""), self.players.get("p2", "")],
-            "log": "\n".join(self.log),
-            "rating": min(shown) if self.rated and shown else None,
-            "uploadtime": int(self.finished_at or time.time()),
-            "teams": {self.side: self.sheet} if self.side and self.sheet else None,
-        }
 
 
 class PlayAgent(AgentPlayer):
@@ -306,74 +224,6 @@ class PlayAgent(AgentPlayer):
         if game is not None:
             game.fallbacks += 1
         return None
-
-
-class Records:
-    """games.jsonl, replays.jsonl, play.json and TensorBoard in the output folder; the table
-    counts the games already there (a rerun appends)."""
-
-    def __init__(self, out: Path, header: dict, tensorboard: bool = True):
-        self.out = out
-        out.mkdir(parents=True, exist_ok=True)
-        self.header = header
-        self.rows: list[dict] = []
-        games = out / "games.jsonl"
-        if games.exists():
-            for line in games.read_text().splitlines():
-                with contextlib.suppress(ValueError):
-                    self.rows.append(json.loads(line))
-        self.before = len(self.rows)
-        self.tensorboard = tensorboard
-        self._writer = None
-
-    def add(self, row: dict, replay: dict) -> None:
-        with open(self.out / "replays.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(replay) + "\n")
-        with open(self.out / "games.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
-        self.rows.append(row)
-        table = self.table()
-        if self.tensorboard:
-            if self._writer is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.out / "tb"))
-            step = table["games"]
-            for name in ("wins", "losses", "ties", "win_rate", "rating"):
-                if table[name] is not None:
-                    self._writer.add_scalar(f"play/{name}", table[name], step)
-            self._writer.add_scalar("play/turns", row["turns"], step)
-            self._writer.flush()
-
-    def table(self) -> dict:
-        results = Counter(row["result"] for row in self.rows)
-        games = len(self.rows)
-        rating = next(
-            (r["rating_after"] for r in reversed(self.rows) if r.get("rating_after") is not None),
-            None,
-        )
-        return {
-            "games": games,
-            "wins": results["win"],
-            "losses": results["loss"],
-            "ties": results["tie"],
-            "win_rate": (results["win"] + 0.5 * results["tie"]) / games if games else None,
-            "rating": rating,
-            "ends": dict(Counter(row["end"] for row in self.rows)),
-            "opponents": dict(Counter(row["opponent"] for row in self.rows).most_common(20)),
-        }
-
-    def write(self, run: dict) -> dict:
-        """play.json: the table, this run's figures and the configuration."""
-        summary = {**self.table(), "this_run": run, **self.header}
-        tmp = self.out / "play.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(self.out / "play.json")
-        return summary
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
 
 
 class Session:
@@ -705,6 +555,8 @@ class Session:
                 game.replay(self.cfg.format, self.label),
             )
             self.recorded += 1
+            game.log, game.sheet = [], []  # written: a long run keeps only the small record
+            self.player._battles.pop(tag, None)
             self.send(f"|/leave {tag}")
             self._say(game)
             self._write()
