@@ -128,6 +128,8 @@ def test_config_needs_one_way_to_find_games():
     assert PlayConfig("ckpt", ladder=3).target == 3
     with pytest.raises(ValueError, match="--games goes with"):
         PlayConfig("ckpt", ladder=3, games=2)
+    with pytest.raises(ValueError, match="singles"):
+        PlayConfig("ckpt", ladder=1, format="gen9randomdoublesbattle")
     with pytest.raises(ValueError, match="needs teams"):
         PlayConfig("ckpt", ladder=1, format="gen9ou")
     with pytest.raises(ValueError, match="18"):

@@ -139,6 +139,8 @@ class PlayConfig:
             raise ValueError("--games must be >= 1")
         if self.concurrency < 1 or self.move_time_s <= 0 or self.reconnect_s < 0:
             raise ValueError("--concurrency and --move-time-s must be > 0, --reconnect-s >= 0")
+        if any(kind in self.format for kind in ("double", "vgc", "multi", "freeforall")):
+            raise ValueError(f"{self.format}: the agent plays singles formats only")
         if self.team is None and not is_random_team_format(self.format):
             raise ValueError(
                 f"{self.format} needs teams: --team FILE (packed teams, one a line; "

@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import websockets
+from poke_env.data import to_id_str
 from poke_env.ps_client import PSClient
 
 PUBLIC_WEBSOCKET = "wss://sim3.psim.us/showdown/websocket"
@@ -189,13 +190,18 @@ class PlayClient(PSClient):
                 reason = first[3] if len(first) > 3 else "no reason given"
                 await self._login_failed(f"the server refused the name {self.username!r}: {reason}")
                 return
+            if kind == "updateuser" and len(first) > 3:
+                # ` Name`, `*Name@!` (a group symbol, away): poke-env wants the bare name.
+                name = first[2].rsplit("@", 1)[0] if "@" in first[2] else first[2]
+                if first[3] == "1" and to_id_str(name) == to_id_str(self.username):
+                    self.logged_in.set()
+                    self.ever_logged_in = True
+                return
             if kind == "popup":
                 self.logger.warning("server popup: %s", "|".join(first[2:]).replace("||", " "))
             if self.on_message(split_messages) or kind == "popup":
                 return
             await super()._handle_message(message)
-            if self.logged_in.is_set():
-                self.ever_logged_in = True
         except Exception:  # one bad message never ends the run: count it, log it, go on
             self.message_errors += 1
             self.logger.exception("could not handle a message (%d so far)", self.message_errors)
