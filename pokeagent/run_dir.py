@@ -3,11 +3,13 @@
     runs/small/
       config.json                  the resolved run config + DeepSpeed config (rewritten at each save)
       job.json                     when the current job started and must stop
+      writer.lock                  the job writing here (host, pid, job id): one writer at a time
       metrics.jsonl                a record per optimizer step, validation (`"val": true`) and
                                    battle evaluation (`"battles": true`)
       tb/                          TensorBoard
       checkpoints/latest           the tag of the last checkpoint (`best`: of the best validation)
-      checkpoints/step00000100/    DeepSpeed state, rank<r>.pt per rank, model.safetensors
+      checkpoints/step00000100/    DeepSpeed state, rank<r>.pt per rank, model.safetensors and,
+                                   written last, manifest.json (its files and their sizes)
       eval/battles-step100/        `pokeagent eval battles` of that step (offline-step100/ likewise)
 
 Only this module spells those names; everything else asks a `RunDir`.
@@ -29,6 +31,11 @@ WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 JOB = "job.json"
+WRITER_LOCK = "writer.lock"
+"""Held by the job that writes the run (pokeagent/writer_lock.py)."""
+CHECKPOINT_MANIFEST = "manifest.json"
+"""A checkpoint's files and sizes, written once all of them are: a folder without it (or whose
+files differ from it) is incomplete (train/checkpoint.py)."""
 TENSORBOARD = "tb"
 EVAL = "eval"
 _STEP = "step"
@@ -81,6 +88,7 @@ class RunDir:
         self.metrics = self.root / METRICS
         self.config = self.root / CONFIG
         self.job = self.root / JOB
+        self.lock = self.root / WRITER_LOCK
         self.tensorboard = self.root / TENSORBOARD
 
     @classmethod
@@ -95,6 +103,9 @@ class RunDir:
 
     def weights(self, tag: str) -> Path:
         return self.checkpoints / tag / WEIGHTS
+
+    def manifest(self, tag: str) -> Path:
+        return self.checkpoints / tag / CHECKPOINT_MANIFEST
 
     def rank_file(self, tag: str, rank: int) -> Path:
         """A rank's own part of a checkpoint: loader cursor, RNG state, counters."""

@@ -143,22 +143,27 @@ def main(argv: list[str] | None = None) -> int:
             cfg.log_every = 1
     import torch
 
-    from pokeagent.train.trainer import Trainer
+    from pokeagent.train.checkpoint import CheckpointSaveError
+    from pokeagent.train.trainer import NonFiniteLoss, Trainer
 
     try:
         trainer = Trainer(cfg)
         resumed = trainer.try_resume()  # automatic whenever the run directory holds a checkpoint
         checkpoints = trainer.run_dir.checkpoints
         if args.resume and not resumed:
-            raise SystemExit(
-                f"--resume: no checkpoint in {checkpoints} (its `latest` file is missing)"
-            )
+            raise SystemExit(f"--resume: no checkpoint in {checkpoints} is complete")
         if resumed:
             trainer.log.say(f"resumed from step {trainer.resumed_from} ({checkpoints})")
         trainer.run()
     except torch.cuda.OutOfMemoryError as error:
         print(out_of_memory_message(cfg, error), file=sys.stderr, flush=True)
         return 3
+    except (NonFiniteLoss, CheckpointSaveError) as error:
+        # Every rank stops here together (they agreed on it); rank 0 says why.
+        if trainer.rank == 0:
+            print(f"pokeagent train: {error}", file=sys.stderr, flush=True)
+        trainer.close()
+        return 4 if isinstance(error, NonFiniteLoss) else 5
     trainer.close()
     return 0
 
@@ -188,7 +193,19 @@ def out_of_memory_message(cfg: TrainConfig, error: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    code = main()
+    try:
+        code = main()
+    except SystemExit as done:  # argparse's errors, --resume without a checkpoint
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+        code = done.code if isinstance(done.code, int) else 1
+    except BaseException:
+        # An error must end the process: interpreter teardown would wait on the loader's
+        # worker processes, forever (a full disk during a save hung that way).
+        import traceback
+
+        traceback.print_exc()
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     # Measured here: ~1 in 30 two-rank DeepSpeed runs abort at interpreter exit after training

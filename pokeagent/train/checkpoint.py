@@ -6,7 +6,15 @@ A checkpoint `checkpoints/step<N>/` (layout: pokeagent/run_dir.py) is a full res
 - per rank, `rank<r>.pt`: what the trainer's `state_dict()` gives (loader cursor, RNG state,
   counters); DeepSpeed writes client_state from rank 0 only;
 - `model.safetensors`: exact fp32 weights with the model config in the metadata, for evaluation
-  and sharing without DeepSpeed.
+  and sharing without DeepSpeed;
+- `manifest.json`, written last: every file of the folder and its size.
+
+Complete or absent: `latest` moves to a checkpoint only once its manifest is written, so a kill
+or a full disk during a save leaves it naming the previous one. A resume takes the newest
+checkpoint whose files match their manifest (a save cut short has none; a file truncated since
+has another size) and says which ones it skipped and why; keep-last counts complete ones and
+never removes the newest of them. Sizes, not hashes: hashing gigabytes at every save costs what
+a save costs, and truncation (a full disk, a killed copy) is what happens.
 
 Every method is called on every rank (they hold barriers); rank 0 alone writes the shared files.
 """
@@ -23,54 +31,153 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pokeagent.run_dir import BEST, LATEST, LATEST_UNIVERSAL, RunDir, tag_of
+from pokeagent.run_dir import (
+    BEST,
+    CHECKPOINT_MANIFEST,
+    LATEST,
+    LATEST_UNIVERSAL,
+    RunDir,
+    read_json,
+    step_of,
+    tag_of,
+)
+
+
+class CheckpointSaveError(RuntimeError):
+    """A save failed (a full disk, a lost mount): the run stops; `latest` is unchanged."""
 
 
 class Checkpointer:
     """The run's checkpoints, seen from one rank."""
 
-    def __init__(self, run: RunDir, rank: int, world: int, keep_last: int):
+    def __init__(
+        self, run: RunDir, rank: int, world: int, keep_last: int, device: torch.device | None = None
+    ):
         self.run, self.rank, self.world, self.keep_last = run, rank, world, keep_last
+        self.device = device or torch.device("cpu")
+        """Where this rank's collectives hold their tensors (NCCL has no CPU backend)."""
         self.saved_world: int | None = None
         """Ranks that saved the checkpoint to resume, when that differs from this run's."""
+        self._resume: tuple[str | None] | None = None
+        self._universal: str | None = None
+        """The universal checkpoint converted for this run to load, if any."""
 
     # ---------------------------------------------------------------- save
     def save(
         self, engine, rank_state: dict, config: dict, ds_config: dict, exempt: set[str]
     ) -> str:
-        """The engine's state, this rank's `rank_state`, then on rank 0 the fp32 export, the
-        rotation (`exempt` tags stay) and config.json. Returns the tag."""
+        """The engine's state and this rank's `rank_state`, then on rank 0 the fp32 export, the
+        manifest, `latest`, the rotation (`exempt` tags stay) and config.json. Returns the tag.
+        Raises CheckpointSaveError on every rank when a write failed on any."""
         tag = tag_of(engine.global_steps)
-        engine.save_checkpoint(str(self.run.checkpoints), tag=tag, client_state={"config": config})
-        torch.save(rank_state, self.run.rank_file(tag, self.rank))
+        folder = self.run.checkpoint(tag)
+        if self.rank == 0 and folder.exists():
+            # This step's folder from an earlier job (a save cut short, or damaged since): the
+            # save replaces it whole rather than mixing files of two saves under one manifest.
+            shutil.rmtree(folder, ignore_errors=True)
         dist.barrier()
-        if self.rank == 0:
+
+        def write_own() -> None:
+            engine.save_checkpoint(
+                str(self.run.checkpoints),
+                tag=tag,
+                client_state={"config": config},
+                save_latest=False,  # `latest` moves once the manifest is written
+            )
+            torch.save(rank_state, self.run.rank_file(tag, self.rank))
+
+        def complete() -> None:
             export_weights(engine, self.run, tag, ds_config, config["model"])
+            write_manifest(self.run, tag, self.world)
+            self.run.set_pointer(LATEST, tag)
             self.prune(exempt)
             self.run.write_config(config, ds_config)
-        dist.barrier()
+
+        self._agree_written(_attempt(write_own), tag)
+        self._agree_written(_attempt(complete) if self.rank == 0 else None, tag)
         return tag
 
+    def _agree_written(self, error: Exception | None, tag: str) -> None:
+        """A barrier that also tells every rank whether a write failed on any; if one did, the
+        partial folder goes (it holds no resume point, and a full disk wants the space back)."""
+        failed = torch.tensor([float(error is not None)], device=self.device)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if not failed.item():
+            return
+        if self.rank == 0:
+            shutil.rmtree(self.run.checkpoint(tag), ignore_errors=True)
+        previous = self.run.pointer(LATEST)
+        where = f"on rank {self.rank}: {error}" if error is not None else "on another rank"
+        raise CheckpointSaveError(
+            f"saving checkpoint {self.run.checkpoint(tag)} failed {where}. Nothing of it is kept; "
+            + (
+                f"`latest` still names {previous}, which is complete"
+                if previous
+                else "the run has no earlier checkpoint"
+            )
+            + ". Free space (or fix the file system) and run the same command: it resumes from "
+            "the newest complete checkpoint."
+        )
+
     def prune(self, exempt: set[str]) -> None:
-        """Rank 0: delete all but the last `keep_last` checkpoints. The best one by validation
-        loss and the `exempt` ones (a battle process may still read them) stay outside it."""
+        """Rank 0: delete all but the last `keep_last` complete checkpoints. The best one by
+        validation loss and the `exempt` ones (a battle process may still read them) stay outside
+        it, and the newest complete one always stays. Older folders of saves cut short go too
+        (nothing resumes from them); damaged ones (files that no longer match their manifest)
+        stay for a person to look at."""
         exempt = exempt | {self.run.pointer(BEST)}
-        for old in self.run.tags()[: -self.keep_last]:
-            if old not in exempt:
-                shutil.rmtree(self.run.checkpoint(old), ignore_errors=True)
+        tags = self.run.tags()
+        newest = next((t for t in reversed(tags) if checkpoint_problem(self.run, t) is None), None)
+        # Complete for the rotation: a matching manifest, or a finished save without one (written
+        # before manifests existed).
+        finished = [t for t in tags if _finished(self.run, t)]
+        keep = set(finished[-self.keep_last :]) | exempt | {newest}
+        for tag in tags:
+            if tag in keep:
+                continue
+            cut_short = (
+                tag not in finished
+                and not self.run.manifest(tag).is_file()
+                and newest is not None
+                and step_of(tag) < step_of(newest)
+            )
+            if tag in finished or cut_short:
+                shutil.rmtree(self.run.checkpoint(tag), ignore_errors=True)
 
     # ---------------------------------------------------------------- resume
     def latest(self) -> str | None:
         return self.run.pointer(LATEST)
 
+    def resume_tag(self) -> str | None:
+        """The checkpoint to resume from (`newest_complete`, rank 0 saying which newer ones it
+        skipped and why), the same all run long."""
+        if self._resume is None:
+            self._resume = (self.newest_complete(report=self.rank == 0),)
+        return self._resume[0]
+
+    def newest_complete(self, report: bool = False) -> str | None:
+        """The newest checkpoint whose files match its manifest (with `report`, each newer one
+        skipped is printed with the reason). A run whose checkpoints all predate manifests
+        answers its `latest`, as it resumed then."""
+        tags = self.run.tags()
+        if tags and not any(self.run.manifest(t).is_file() for t in tags):
+            return self.latest()
+        for tag in reversed(tags):
+            problem = checkpoint_problem(self.run, tag)
+            if problem is None:
+                return tag
+            if report:
+                print(f"resume: skipped {self.run.checkpoint(tag)}: {problem}", flush=True)
+        return None
+
     def prepare_resume(self, ds_config: dict) -> None:
-        """Before the engine exists: if `latest` was saved by another number of ranks, convert it
-        to a DeepSpeed universal checkpoint (rank 0; the others wait) and have the engine load
-        that (`"checkpoint": {"load_universal": true}` in `ds_config`). ZeRO shards of one
-        data-parallel size do not load into another; a universal checkpoint holds every
-        parameter's fp32 weights and Adam moments whole. Without ZeRO the optimizer state is not
-        sharded and loads as is."""
-        tag = self.latest()
+        """Before the engine exists: if the checkpoint to resume was saved by another number of
+        ranks, convert it to a DeepSpeed universal checkpoint (rank 0; the others wait) and have
+        the engine load that (`"checkpoint": {"load_universal": true}` in `ds_config`). ZeRO
+        shards of one data-parallel size do not load into another; a universal checkpoint holds
+        every parameter's fp32 weights and Adam moments whole. Without ZeRO the optimizer state
+        is not sharded and loads as is."""
+        tag = self.resume_tag()
         if tag is None:
             return
         saved = len(self.run.rank_files(tag))
@@ -91,17 +198,21 @@ class Checkpointer:
             (self.run.checkpoints / LATEST_UNIVERSAL).write_text(universal)
         dist.barrier()
         ds_config["checkpoint"] = {"load_universal": True}
+        self._universal = universal
 
     def load(self, engine) -> str | None:
-        """Load `latest` into the engine; its tag, or None when the run has no checkpoint."""
-        if self.latest() is None:
+        """Load the newest complete checkpoint into the engine; its tag, or None when the run
+        has none."""
+        tag = self.resume_tag()
+        if tag is None:
             return None
-        path, _client = engine.load_checkpoint(str(self.run.checkpoints))
+        load = self._universal or tag
+        path, _client = engine.load_checkpoint(str(self.run.checkpoints), tag=load)
         if path is None:
             raise RuntimeError(
-                f"{self.run.checkpoints}: `{LATEST}` names a checkpoint DeepSpeed cannot load"
+                f"{self.run.checkpoint(load)}: DeepSpeed cannot load this checkpoint"
             )
-        return self.latest()
+        return tag
 
     def rank_state(self, tag: str) -> dict:
         """This rank's own part of checkpoint `tag`."""
@@ -119,6 +230,66 @@ class Checkpointer:
         if self.rank == 0 and universal.is_dir():
             shutil.rmtree(universal, ignore_errors=True)
             (self.run.checkpoints / LATEST_UNIVERSAL).unlink(missing_ok=True)
+
+
+def _attempt(write) -> Exception | None:
+    """Run `write`; what it raised, or None. A full disk shows as an OSError from Python's own
+    writes and as a RuntimeError from torch.save's (`unexpected pos`)."""
+    try:
+        write()
+    except Exception as error:
+        return error
+    return None
+
+
+def checkpoint_problem(run: RunDir, tag: str) -> str | None:
+    """Why checkpoint `tag` cannot be resumed from (no manifest: its save did not finish; a
+    file missing, or of another size than the manifest says), or None when it is complete."""
+    manifest = read_json(run.manifest(tag))
+    if manifest is None:
+        return f"no {CHECKPOINT_MANIFEST} (its save did not finish)"
+    folder = run.checkpoint(tag)
+    for name, size in manifest["files"].items():
+        try:
+            found = (folder / name).stat().st_size
+        except FileNotFoundError:
+            return f"{name} is missing"
+        if found != size:
+            return f"{name} has {found} bytes, its manifest says {size} (truncated or damaged)"
+    return None
+
+
+def _finished(run: RunDir, tag: str) -> bool:
+    """A complete checkpoint, or a finished save of before manifests (rank files and the fp32
+    export, which comes after them)."""
+    if run.manifest(tag).is_file():
+        return checkpoint_problem(run, tag) is None
+    return bool(run.rank_files(tag)) and run.weights(tag).is_file()
+
+
+def write_manifest(run: RunDir, tag: str, world: int) -> None:
+    """`<tag>/manifest.json`: every file of the checkpoint and its size, flushed to the disk
+    first (a machine that crashes after this keeps files that match it)."""
+    folder = run.checkpoint(tag)
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != CHECKPOINT_MANIFEST:
+            _fsync(path)
+            files[path.relative_to(folder).as_posix()] = path.stat().st_size
+    manifest = {"tag": tag, "step": step_of(tag), "ranks": world, "files": files}
+    partial = folder / f".{CHECKPOINT_MANIFEST}.partial"
+    partial.write_text(json.dumps(manifest, indent=1) + "\n")
+    _fsync(partial)
+    os.replace(partial, run.manifest(tag))
+    _fsync(folder)
+
+
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def resplit(states: list[dict], rank: int, world: int, workers: int, seed: int) -> dict:

@@ -72,6 +72,9 @@ class TrainConfig:
     min_elo: int = 0
     """Train only on trajectories whose known ratings all reach this (the loader's min_rating;
     trajectories without any rating are dropped); 0: no filter."""
+    max_nonfinite_steps: int = 5
+    """A step whose loss or gradient norm is not finite (NaN, inf) is skipped; this many in a row
+    stop the run with the last good checkpoint named, saving nothing (0: never stop)."""
     debug: bool = False
     """Log every step (unless --log-every is given), Python logging at DEBUG, and
     TORCH_DISTRIBUTED_DEBUG=DETAIL for the process group."""
@@ -123,6 +126,8 @@ class TrainConfig:
                 raise ValueError(f"--{option.replace('_', '-')} must be >= {least} (got {value})")
         if self.eval_battles and not self.eval_every:
             raise ValueError("--eval-battles needs --eval-every (battles follow each validation)")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"--max-nonfinite-steps must be >= 0 (got {self.max_nonfinite_steps})")
         if self.peak_tflops < 0:
             raise ValueError(f"--peak-tflops must be >= 0 (got {self.peak_tflops})")
         if self.critic_heads < 0:

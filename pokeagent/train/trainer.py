@@ -71,6 +71,10 @@ class _TrainModule(nn.Module):
         return compute_loss(logits, value, batch, self.loss_cfg, q=q, q_target=q_target)
 
 
+class NonFiniteLoss(RuntimeError):
+    """The run stopped on non-finite losses or gradient norms, without saving (`_guard_nonfinite`)."""
+
+
 def init_distributed() -> torch.device:
     """Join the process group (a world of one without a launcher); this rank's device."""
     import deepspeed
@@ -184,7 +188,9 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
         self.log = RunLog(self.run_dir, enabled=self.rank == 0)
-        self.checkpoints = Checkpointer(self.run_dir, self.rank, self.world, cfg.keep_last)
+        self.checkpoints = Checkpointer(
+            self.run_dir, self.rank, self.world, cfg.keep_last, self.device
+        )
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         plan = resolve_run(cfg, self.world)
         self.peak_lr, self.ds_config = plan.peak_lr, plan.deepspeed
@@ -231,6 +237,13 @@ class Trainer:
         self.decisions_seen = 0
         """This rank's real (unpadded) decisions trained on: the token counter."""
         self.stop_requested = False
+        self.nonfinite_steps = 0
+        """Optimizer steps whose loss or gradient norm was not finite (each one skipped)."""
+        self.nonfinite_streak = 0
+        """Such steps in a row, up to the last one; --max-nonfinite-steps of them stop the run."""
+        self._step_nonfinite: torch.Tensor | None = None
+        """On the device: whether the last step's loss was not finite (read at `_agree`)."""
+        self._fp16 = bool(self.ds_config.get("fp16", {}).get("enabled"))
         self.history: list[StepRecord] = []
         self._pending_records: list = []
         """Steps recorded but not yet read from the device (`_record_step`)."""
@@ -249,6 +262,8 @@ class Trainer:
             "samples_seen": self.samples_seen,
             "decisions_seen": self.decisions_seen,
             "step": self.engine.global_steps,
+            "nonfinite_steps": self.nonfinite_steps,
+            "nonfinite_streak": self.nonfinite_streak,
         }
         if self.critic_target is not None:
             state["critic_target"] = self.critic_target.state_dict()
@@ -264,6 +279,8 @@ class Trainer:
         self.samples_seen = state["samples_seen"]
         self.decisions_seen = state["decisions_seen"]
         self.resumed_from = state["step"]
+        self.nonfinite_steps = state.get("nonfinite_steps", 0)
+        self.nonfinite_streak = state.get("nonfinite_streak", 0)
         if self.critic_target is not None:
             if "critic_target" not in state:
                 raise RuntimeError(
@@ -368,7 +385,10 @@ class Trainer:
             due = self.rank == 0 and (
                 now - last_save >= cfg.checkpoint_minutes * 60 or best or (validated and battles)
             )
-            due, stop = self._agree(due, self.stop_requested or now >= deadline)
+            due, stop, nonfinite = self._agree(
+                due, self.stop_requested or now >= deadline, self._step_nonfinite
+            )
+            self._guard_nonfinite(step, nonfinite)
             if due or stop or step >= cfg.max_steps:
                 tag = self.save()
                 last_save = time.monotonic()
@@ -386,17 +406,25 @@ class Trainer:
         return self.history
 
     def train_step(self, batches, interval: _Interval) -> dict:
-        """One optimizer step: `grad_accum` micro-batches; the last one's loss parts."""
+        """One optimizer step: `grad_accum` micro-batches; the last one's loss parts. Whether a
+        loss was not finite stays on the device (`_step_nonfinite`) until `_agree` reads it."""
+        nonfinite = None
         for _ in range(self.cfg.grad_accum):
             before = time.monotonic()
             batch = {k: v.to(self.device) for k, v in next(batches).items()}
             interval.waited += time.monotonic() - before
             loss, parts = self.engine(batch)
-            self.engine.backward(loss)
+            finite = torch.isfinite(loss.detach())
+            nonfinite = ~finite if nonfinite is None else nonfinite | ~finite
+            # A non-finite loss can have finite gradients (an infinite cross-entropy) that the
+            # engine would apply: NaN gradients instead make DeepSpeed's overflow check skip the
+            # update. A factor of exactly 1 otherwise, decided on the device: no wait for it.
+            self.engine.backward(loss * torch.ones_like(loss).masked_fill(~finite, math.nan))
             self.engine.step()
             self.samples_seen += self.cfg.batch_size_per_gpu * self.world
             self._decisions_pending.append(parts["decisions"].detach())
             interval.add(parts, self.cfg.batch_size_per_gpu)
+        self._step_nonfinite = nonfinite
         if self.critic_target is not None:
             self.critic_target.update(self.engine.module.net.critic)
         return parts
@@ -433,11 +461,60 @@ class Trainer:
     def _on_signal(self, signum, _frame) -> None:
         self.stop_requested = True
 
-    def _agree(self, checkpoint_due: bool, stop: bool) -> tuple[bool, bool]:
+    def _agree(
+        self, checkpoint_due: bool, stop: bool, nonfinite: torch.Tensor | None = None
+    ) -> tuple[bool, bool, bool]:
+        """(checkpoint due, stop, a non-finite loss) on any rank: the step's one all-reduce, and
+        the one read of `nonfinite` from the device."""
         # On the rank's device: a NCCL process group has no CPU backend (gloo on CPU runs).
-        flags = torch.tensor([float(checkpoint_due), float(stop)], device=self.device)
+        flags = torch.tensor([float(checkpoint_due), float(stop), 0.0], device=self.device)
+        if nonfinite is not None:
+            flags[2] = nonfinite
         self.dist.all_reduce(flags, op=self.dist.ReduceOp.MAX)
-        return bool(flags[0]), bool(flags[1])
+        due, stop, nonfinite = flags.tolist()
+        return bool(due), bool(stop), bool(nonfinite)
+
+    def _guard_nonfinite(self, step: int, loss_nonfinite: bool) -> None:
+        """Count a step whose loss or gradient norm was not finite: DeepSpeed's overflow check
+        skipped its update (NaN gradients, `train_step`), which every rank agrees on. fp16's own
+        skips (a finite loss, too high a loss scale) are not counted. --max-nonfinite-steps in a
+        row, or such an update that the engine applied (ZeRO stage 0 checks nothing), stop the
+        run before anything is saved: NonFiniteLoss."""
+        skipped = not self.engine.was_step_applied()
+        if not (loss_nonfinite or (skipped and not self._fp16)):
+            self.nonfinite_streak = 0
+            return
+        self.nonfinite_steps += 1
+        self.nonfinite_streak += 1
+        good = self.checkpoints.newest_complete()
+        resume = (
+            f"the last good checkpoint is {self.run_dir.checkpoint(good)}: the same command "
+            "resumes from it"
+            if good
+            else "the run has no checkpoint yet"
+        )
+        what = "loss" if loss_nonfinite else "gradient norm"
+        if not skipped:
+            raise NonFiniteLoss(
+                f"step {step}: the {what} is not finite and the engine applied the update anyway "
+                f"(zero stage {self.engine.zero_optimization_stage()} of "
+                f"{self.cfg.ds_config} has no overflow check): the weights are broken, nothing "
+                f"was saved; {resume}. Use a ZeRO stage >= 1 config to have such steps skipped."
+            )
+        limit = self.cfg.max_nonfinite_steps
+        self.log.say(
+            f"step {step}: non-finite {what}: update skipped ({self.nonfinite_streak} in a row"
+            + (f" of {limit} allowed" if limit else "")
+            + f", {self.nonfinite_steps} in all)"
+        )
+        if limit and self.nonfinite_streak >= limit:
+            first = step - self.nonfinite_streak + 1
+            raise NonFiniteLoss(
+                f"stopped at step {step}: steps {first}-{step} all had a non-finite loss or "
+                f"gradient norm (--max-nonfinite-steps {limit}); their updates were skipped, so "
+                f"the weights are those of step {first - 1}, and nothing was saved; {resume}. "
+                "Look for bad samples (NaN or infinite features) or lower --learning-rate first."
+            )
 
     def _log(self, step: int, window: dict[str, float], seconds: float, waited: float) -> None:
         """Sum the interval's counters over ranks (a collective on every rank), write on rank 0."""
@@ -472,6 +549,8 @@ class Trainer:
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             scalars["grad_norm"] = float(grad_norm)
+        if self.nonfinite_steps:
+            scalars["train/nonfinite_steps"] = self.nonfinite_steps
         loss_scale = getattr(self.engine.optimizer, "cur_scale", None)
         if loss_scale is not None and self.ds_config.get("fp16", {}).get("enabled"):
             scalars["loss_scale"] = float(loss_scale)
@@ -481,6 +560,7 @@ class Trainer:
             f"lr {scalars['lr']:.2e} {scalars['throughput/samples_per_s']:.0f} samples/s "
             f"{scalars['throughput/decisions_per_s']:.0f} decisions/s data-wait {scalars['throughput/data_wait_share']:.0%}"
             + (f" MFU {scalars['throughput/mfu']:.1%}" if "throughput/mfu" in scalars else "")
+            + (f" non-finite steps {self.nonfinite_steps}" if self.nonfinite_steps else "")
             + (
                 f" critic {scalars['critic/loss']:.4f} kept {scalars['critic/kept_share']:.2f}"
                 if "critic/loss" in scalars
