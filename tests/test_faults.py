@@ -202,3 +202,112 @@ def test_a_disk_full_during_a_save_keeps_latest_and_resumes(shards, tmp_path, re
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step 3" in resumed.stdout
     _assert_same_losses(run_dir, {k: v for k, v in reference.items() if k <= 6}, 6)
+
+
+# ---------------------------------------------------------------- one writer
+@pytest.fixture
+def other_process():
+    """A live process other than this one (a writer that still runs)."""
+    process = subprocess.Popen(["sleep", "300"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def _lock_of(holder: subprocess.Popen, path, **fields) -> None:
+    """A lock at `path` held by the process `holder` on this host, as WriterLock writes it."""
+    from pokeagent.writer_lock import _start_time, this_writer
+
+    record = this_writer() | {"pid": holder.pid, "start": _start_time(holder.pid)} | fields
+    path.write_text(json.dumps(record))
+
+
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, other_process):
+    from pokeagent.writer_lock import FolderLocked, WriterLock
+
+    path = tmp_path / "writer.lock"
+    _lock_of(other_process, path)
+    with pytest.raises(FolderLocked) as refused:
+        WriterLock(path, "run directory").acquire()
+    assert f"pid {other_process.pid} on " in str(refused.value)
+    assert f"delete {path}" in str(refused.value)
+    other_process.kill()
+    other_process.wait()
+    said = []
+    lock = WriterLock(path, "run directory")
+    lock.acquire(say=said.append)
+    assert said == [
+        f"{path}: taken over from {said[0].split('taken over from ')[1].split(': pid')[0]}: "
+        f"pid {other_process.pid} is not running"
+    ]
+    assert json.loads(path.read_text())["pid"] != other_process.pid
+    lock.release()
+    assert not path.exists()
+
+
+def test_writer_lock_holders_that_may_still_write(tmp_path, other_process, monkeypatch):
+    from pokeagent.writer_lock import FolderLocked, WriterLock, this_writer
+
+    path = tmp_path / "writer.lock"
+    _lock_of(other_process, path, host="another-node")  # cannot be checked from here
+    with pytest.raises(FolderLocked):
+        WriterLock(path, "run directory").acquire()
+    # The same SLURM job, restarted by a requeue: its earlier run is over, on any node.
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    _lock_of(other_process, path, host="another-node", job="77", restart="0")
+    said = []
+    WriterLock(path, "run directory").acquire(say=said.append)
+    assert "an earlier run of this SLURM job (restart 0)" in said[0]
+    # The same job and restart on another node: a second writer (two srun steps, say).
+    _lock_of(other_process, path, host="another-node", job="77", restart="1")
+    with pytest.raises(FolderLocked):
+        WriterLock(path, "run directory").acquire()
+    # This pid, but another process (the pid was reused after the holder died).
+    path.write_text(json.dumps(this_writer() | {"start": "1"}))
+    said = []
+    WriterLock(path, "run directory").acquire(say=said.append)
+    assert "is now another process" in said[0]
+
+
+def test_a_second_pack_into_one_folder_is_refused(tmp_path, other_process):
+    from pokeagent.data.pack import LOCK_FILE, PackConfig, pack
+    from pokeagent.writer_lock import FolderLocked
+
+    out = tmp_path / "shards"
+    out.mkdir()
+    _lock_of(other_process, out / LOCK_FILE)
+    replays = tmp_path / "replays.jsonl"
+    replays.write_text("")
+    with pytest.raises(FolderLocked, match=f"pid {other_process.pid} on"):
+        pack(PackConfig(sources=[str(replays)], out=out, workers=1), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE], "the refused pack wrote"
+
+
+@pytest.mark.slow
+def test_a_second_train_job_is_refused_and_a_killed_ones_lock_taken_over(
+    shards, tmp_path, reference
+):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(
+        TRAIN + _args(shards, run_dir, 8), env=train_env(), stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not (run_dir / "writer.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # Frozen, not ended: the tiny run would finish before a second job starts.
+    first.send_signal(signal.SIGSTOP)
+    second = _train(_args(shards, run_dir, 8))
+    assert second.returncode == 6, second.stderr[-3000:]
+    assert f"{run_dir} is being written by another job: pid {first.pid} on " in second.stderr
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    third = _train(_args(shards, run_dir, 8))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"taken over from pid {first.pid} on " in third.stdout
+    assert f"pid {first.pid} is not running" in third.stdout
+    _assert_same_losses(run_dir, reference, 8)
+    assert not (run_dir / "writer.lock").exists()

@@ -40,11 +40,14 @@ from pokeagent.data.replay import Replay
 from pokeagent.data.shards import encode_sample
 from pokeagent.data.sources import SourceStats, count_records, iter_replays
 from pokeagent.progress import progress as progress_bar
+from pokeagent.writer_lock import WriterLock
 
 SPLITS = ("train", "val")
 STATE_FILE = "pack-state.json"
 MANIFEST_FILE = "manifest.json"
 SEEN_FILE = "seen-ids.sqlite"
+LOCK_FILE = "pack.lock"
+"""Held by the pack writing the folder (pokeagent/writer_lock.py)."""
 DUPLICATE = "duplicate battle"
 """Skip reason of a battle whose id an earlier replay of the input already had."""
 RATING_BANDS = (0, 1000, 1200, 1400, 1600, 1800, 2000)
@@ -304,8 +307,15 @@ def pack(cfg: PackConfig, progress: bool = True) -> PackSummary:
     Whenever a shard completes, the other split's open shard is completed too, so that every
     saved state is one input position: a resume re-reads the input up to it without parsing
     and goes on from there. (Validation shards come out about val_fraction the train size.)
+    One pack at a time per output folder: a second one is refused (FolderLocked, naming the
+    first), a lock left by a killed pack is taken over (pokeagent/writer_lock.py).
     """
     cfg.out.mkdir(parents=True, exist_ok=True)
+    with WriterLock(cfg.out / LOCK_FILE, "pack output"):
+        return _pack(cfg, progress)
+
+
+def _pack(cfg: PackConfig, progress: bool) -> PackSummary:
     state_path = cfg.out / STATE_FILE
     state = {
         "fingerprint": cfg.fingerprint(),

@@ -96,7 +96,7 @@ def mock_shards(run_dir: Path, battles: int = 60, seed: int = 0) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.test_mode:
@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pokeagent.train.checkpoint import CheckpointSaveError
     from pokeagent.train.trainer import NonFiniteLoss, Trainer
+    from pokeagent.writer_lock import FolderLocked
 
+    trainer = None
     try:
         trainer = Trainer(cfg)
         resumed = trainer.try_resume()  # automatic whenever the run directory holds a checkpoint
@@ -164,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pokeagent train: {error}", file=sys.stderr, flush=True)
         trainer.close()
         return 4 if isinstance(error, NonFiniteLoss) else 5
+    except FolderLocked as error:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"pokeagent train: {error}", file=sys.stderr, flush=True)
+        return 6
+    finally:
+        # Whatever ends the run (an error included) frees the run directory; only a killed
+        # job leaves its lock, for the next one to take over (writer_lock.py says when).
+        if trainer is not None:
+            trainer.writer_lock.release()
     trainer.close()
     return 0
 
@@ -192,20 +203,26 @@ def out_of_memory_message(cfg: TrainConfig, error: BaseException) -> str:
     )
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """`pokeagent train`: the exit code, whatever happened. The callers (below, and
+    `pokeagent.cli`) end the process with `os._exit` after it."""
     try:
-        code = main()
+        return run(argv)
     except SystemExit as done:  # argparse's errors, --resume without a checkpoint
         if isinstance(done.code, str):
             print(done.code, file=sys.stderr)
-        code = done.code if isinstance(done.code, int) else 1
+        return done.code if isinstance(done.code, int) else 1
     except BaseException:
-        # An error must end the process: interpreter teardown would wait on the loader's
-        # worker processes, forever (a full disk during a save hung that way).
+        # Returned, not raised: an error must end the process, and interpreter teardown would
+        # wait on the loader's worker processes forever (a full disk during a save hung so).
         import traceback
 
         traceback.print_exc()
-        code = 1
+        return 1
+
+
+if __name__ == "__main__":
+    code = main()
     sys.stdout.flush()
     sys.stderr.flush()
     # Measured here: ~1 in 30 two-rank DeepSpeed runs abort at interpreter exit after training

@@ -36,6 +36,7 @@ from pokeagent.train.config import TrainConfig
 from pokeagent.train.critic_target import CriticTarget
 from pokeagent.train.ds_config import resolve_run
 from pokeagent.train.runlog import RunLog
+from pokeagent.writer_lock import FolderLocked, WriterLock
 
 _LOGGED_SUMS = (
     "loss",
@@ -185,6 +186,7 @@ class Trainer:
         self.dist = dist
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.run_dir = RunDir(cfg.run_dir)
+        self.writer_lock = self._lock_run_dir()  # before anything is written there
         if self.rank == 0:
             self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
         self.log = RunLog(self.run_dir, enabled=self.rank == 0)
@@ -250,6 +252,22 @@ class Trainer:
         self._decisions_pending: list[torch.Tensor] = []
         self.resumed_from: int | None = None
         self._apply_sample_budget()
+
+    def _lock_run_dir(self) -> WriterLock:
+        """Rank 0 takes the run directory's writer lock (pokeagent/writer_lock.py); if another
+        job holds it, every rank stops with FolderLocked."""
+        lock = WriterLock(self.run_dir.lock, "run directory")
+        refused = None
+        if self.rank == 0:
+            try:
+                lock.acquire()
+            except FolderLocked as error:
+                refused = error
+        flag = torch.tensor([float(refused is not None)], device=self.device)
+        self.dist.all_reduce(flag, op=self.dist.ReduceOp.MAX)
+        if flag.item():
+            raise refused or FolderLocked(f"{self.run_dir.root}: another job writes it")
+        return lock
 
     # ------------------------------------------------------------------ state and checkpoints
     def state_dict(self) -> dict:
@@ -653,6 +671,7 @@ class Trainer:
 
     def close(self) -> None:
         self.log.close()
+        self.writer_lock.release()
         if self.dist.is_initialized():
             self.dist.barrier()
             self.dist.destroy_process_group()
