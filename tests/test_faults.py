@@ -311,3 +311,93 @@ def test_a_second_train_job_is_refused_and_a_killed_ones_lock_taken_over(
     assert f"pid {first.pid} is not running" in third.stdout
     _assert_same_losses(run_dir, reference, 8)
     assert not (run_dir / "writer.lock").exists()
+
+
+# ---------------------------------------------------------------- JIT op build locks
+def test_a_build_lock_of_a_dead_builder_is_taken_over(tmp_path, other_process, capsys):
+    from pokeagent.train.build_lock import OwnedBaton
+
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir()
+    _lock_of(other_process, lock)
+    assert not OwnedBaton(str(lock)).try_acquire(), "a live builder's lock was taken"
+    other_process.kill()
+    other_process.wait()
+    baton = OwnedBaton(str(lock))
+    assert baton.try_acquire()
+    assert f"removed a stale build lock (pid {other_process.pid} is not running)" in (
+        capsys.readouterr().out
+    )
+    assert json.loads(lock.read_text())["pid"] != other_process.pid
+    baton.release()
+    assert not lock.exists()
+
+
+def test_an_empty_build_lock_is_stale_only_unheld_and_quiet(tmp_path):
+    import os
+    import time
+
+    from pokeagent.train.build_lock import QUIET_S, OwnedBaton
+
+    lock = tmp_path / "fused_adam" / "lock"
+    lock.parent.mkdir()
+    with open(lock, "w"):  # held open, as torch's own builder holds it
+        assert not OwnedBaton(str(lock)).try_acquire()
+    assert not OwnedBaton(str(lock)).try_acquire(), "its folder changed a moment ago"
+    old = time.time() - QUIET_S - 5
+    for path in (lock, lock.parent):
+        os.utime(path, (old, old))
+    assert OwnedBaton(str(lock)).try_acquire()
+
+
+def test_a_wait_for_a_build_is_bounded_and_says_for_whom(tmp_path, other_process, monkeypatch):
+    import pokeagent.train.build_lock as build_lock
+
+    monkeypatch.setattr(build_lock, "WAIT_S", 0.5)
+    monkeypatch.setattr(build_lock, "_CHECK_S", 0.2)
+    lock = tmp_path / "cpu_adam" / "lock"
+    lock.parent.mkdir()
+    _lock_of(other_process, lock)
+    with pytest.raises(
+        build_lock.BuildLockError,
+        match=f"still locked after .* by pid {other_process.pid} on .* delete {lock}",
+    ):
+        build_lock.OwnedBaton(str(lock)).wait()
+    other_process.kill()  # the builder dies while another process waits
+    other_process.wait()
+    with pytest.raises(build_lock.BuildLockError, match=r"abandoned .* is not running"):
+        build_lock.OwnedBaton(str(lock)).wait()
+    assert not lock.exists()
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_its_first_op_build_does_not_hang_the_next(shards, tmp_path):
+    """SIGKILL while DeepSpeed builds deepspeed_shm_comm (its first init on CPU, ~30-200 s on 2
+    busy cores): the next run takes the dead builder's lock over and builds."""
+    import os
+    import signal
+    import time
+
+    env = train_env() | {"TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}
+    args = _args(shards, tmp_path / "run", 2)
+    first = subprocess.Popen(
+        TRAIN + args,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the kill takes the compiler processes too
+    )
+    lock = tmp_path / "extensions" / "deepspeed_shm_comm" / "lock"
+    deadline = time.monotonic() + 300
+    while not lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)  # inside the build
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert lock.exists()
+    second = subprocess.run(
+        TRAIN + args, env=env, capture_output=True, text=True, timeout=900
+    )  # before the guard: no end, no word
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"{lock}: removed a stale build lock (pid {first.pid} is not running)" in second.stdout
+    assert "step 2/2" in second.stdout

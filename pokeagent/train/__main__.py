@@ -88,6 +88,7 @@ def mock_shards(run_dir: Path, battles: int = 60, seed: int = 0) -> Path:
                 progress=False,
             )
     else:
+        print(f"waiting for rank 0 to pack the mock shards in {out} (at most 10 min)", flush=True)
         deadline = time.monotonic() + 600
         while not (out / MANIFEST_FILE).exists():
             if time.monotonic() > deadline:

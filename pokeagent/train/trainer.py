@@ -77,11 +77,23 @@ class NonFiniteLoss(RuntimeError):
 
 
 def init_distributed() -> torch.device:
-    """Join the process group (a world of one without a launcher); this rank's device."""
+    """Join the process group (a world of one without a launcher); this rank's device. JIT op
+    builds from here on never wait silently or forever (train/build_lock.py)."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    from pokeagent.train.build_lock import guard_extension_builds
+
+    guard_extension_builds()
     _ensure_distributed_env()
+    world = int(os.environ["WORLD_SIZE"])
+    if world > 1 and os.environ["RANK"] == "0":
+        print(
+            f"joining {world} ranks at {os.environ.get('MASTER_ADDR')}:"
+            f"{os.environ.get('MASTER_PORT')} (at most DEEPSPEED_TIMEOUT="
+            f"{os.environ.get('DEEPSPEED_TIMEOUT', '10')} min)",
+            flush=True,
+        )
     accelerator = get_accelerator()
     if accelerator.device_name() == "cpu":
         deepspeed.init_distributed()
