@@ -72,6 +72,9 @@ class LoaderConfig:
     """Read-time filter: format ids to keep."""
     prefetch_factor: int = 4
     """Batches each worker prepares ahead."""
+    pin_memory: bool = False
+    """Batches in page-locked memory, so that their copy to the GPU (non_blocking) overlaps the
+    step; the trainer sets it on CUDA."""
     sources: list[list[str]] = field(default_factory=list, init=False)
     """Shard paths per source: one source, or one per folder of a mixture."""
     folders: list[str] = field(default_factory=list, init=False)
@@ -497,7 +500,13 @@ class TrajectoryLoader:
             if self.cfg.workers
             else {}
         )
-        loader = DataLoader(dataset, batch_size=None, num_workers=self.cfg.workers, **kwargs)
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.cfg.workers,
+            pin_memory=self.cfg.pin_memory,
+            **kwargs,
+        )
         for batch in loader:
             self.cursors[int(batch.pop("_worker"))] = batch.pop(_CURSOR)
             self.corrupt_shards.update(batch.pop("_corrupt_shards"))

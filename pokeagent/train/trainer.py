@@ -243,6 +243,7 @@ class Trainer:
                 shuffle_buffer=cfg.shuffle_buffer,
                 seed=cfg.seed,
                 min_rating=cfg.min_elo or None,
+                pin_memory=self.device.type == "cuda",
             ),
             rank=self.rank,
             world_size=self.world,
@@ -441,7 +442,7 @@ class Trainer:
         nonfinite = None
         for _ in range(self.cfg.grad_accum):
             before = time.monotonic()
-            batch = {k: v.to(self.device) for k, v in next(batches).items()}
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
             interval.waited += time.monotonic() - before
             loss, parts = self.engine(batch)
             finite = torch.isfinite(loss.detach())
