@@ -190,7 +190,7 @@ def test_options_pass_through_and_resources(capsys):
     for expected in (
         ["--eval-every", "500"],
         ["--max-samples", "1000000"],
-        ["--min-elo", "1500"],
+        ["--min-rating", "1500"],
         ["--grad-accum", "2"],
         ["--batch-size-per-gpu", "64"],
         ["--workers-per-gpu", "4"],
@@ -199,7 +199,12 @@ def test_options_pass_through_and_resources(capsys):
         assert launch[i : i + 2] == expected
     assert "--debug" in launch and "--resume" in launch
     cfg = _train_config(launch)  # `pokeagent train` accepts every option passed through
-    assert (cfg.max_samples, cfg.min_elo, cfg.eval_every, cfg.debug) == (1000000, 1500, 500, True)
+    assert (cfg.max_samples, cfg.min_rating, cfg.eval_every, cfg.debug) == (
+        1000000,
+        1500,
+        500,
+        True,
+    )
     assert (cfg.data_dir, cfg.model, cfg.grad_accum) == ("/data/shards", "medium", 2)
     assert "pokeagent.train" in command  # no SLURM here: the local command is shown
 
@@ -420,7 +425,7 @@ def test_out_of_memory_names_the_batch_and_the_next_smaller(monkeypatch, capsys)
 
 
 @pytest.mark.slow
-def test_max_samples_stops_the_run_and_min_elo_filters_the_data(shards, tmp_path):
+def test_max_samples_stops_the_run_and_min_rating_filters_the_data(shards, tmp_path):
     words = [
         "--data-dir", str(shards), "--model", "tiny", "--ds-config", "cpu", "--window", "16",
         "--batch-size-per-gpu", "4", "--workers-per-gpu", "0", "--max-steps", "1000",

@@ -102,7 +102,7 @@ class LaunchOptions:
     eval_every: int | None = None
     data_dir: str = "shards"
     max_samples: int | None = None
-    min_elo: int | None = None
+    min_rating: int | None = None
     workers_per_gpu: int | None = None
     """Loader workers per GPU, 1-8; default: the partition's cores per GPU minus 2 (sinfo), kept
     in 2-4, else 2."""
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer = parser.add_argument_group("more `pokeagent train` options, passed through")
     own = {f.name for f in fields(TrainConfig)} - set(passed_through())
     add_options(trainer, TrainConfig, skip=tuple(own))
+    parser.add_argument("--min-elo", dest="min_rating", type=int, help=argparse.SUPPRESS)
     return parser
 
 
@@ -256,7 +257,7 @@ def check(opts: LaunchOptions) -> None:
         ("--max-samples", opts.max_samples, 1),
         ("--memory", opts.memory, 1),
         ("--cpus-per-node", opts.cpus_per_node, 1),
-        ("--min-elo", opts.min_elo, 0),
+        ("--min-rating", opts.min_rating, 0),
         ("--max-requeues", opts.max_requeues, 0),
     ):
         if value is not None and value < least:
@@ -346,7 +347,7 @@ def train_args(opts: LaunchOptions, ds_config: str | None = None) -> list[str]:
         "seed": opts.seed,
         "eval-every": opts.eval_every,
         "max-samples": opts.max_samples,
-        "min-elo": opts.min_elo,
+        "min-rating": opts.min_rating,
     }
     out = [item for k, v in values.items() if v is not None for item in (f"--{k}", str(v))]
     for flag in ("debug", "resume", "test_mode", "mock_data"):

@@ -19,6 +19,7 @@ from pokeagent.train.config import TrainConfig
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pokeagent train", description=__doc__.splitlines()[0])
     add_options(parser, TrainConfig)
+    parser.add_argument("--min-elo", dest="min_rating", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config", default=None, help="a JSON TrainConfig to start from")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved configs and exit"

@@ -69,9 +69,10 @@ class TrainConfig:
     """Stop after this many training samples (trajectory windows, all ranks; 0: no limit): the
     run's optimizer steps become min(max_steps, ceil(max_samples / global batch)), and the
     learning-rate schedule ends there."""
-    min_elo: int = 0
-    """Train only on trajectories whose known ratings all reach this (the loader's min_rating;
-    trajectories without any rating are dropped); 0: no filter."""
+    min_rating: int = 0
+    """Train only on trajectories whose known ratings all reach this (the word `pack` and
+    `download` use too; `--min-elo` is an alias); trajectories without any rating are dropped;
+    0: no filter."""
     max_nonfinite_steps: int = 5
     """A step whose loss or gradient norm is not finite (NaN, inf) is skipped; this many in a row
     stop the run with the last good checkpoint named, saving nothing (0: never stop)."""
@@ -109,9 +110,9 @@ class TrainConfig:
     times this; 0: terminal rewards only."""
 
     def __post_init__(self):
-        if self.max_samples < 0 or self.min_elo < 0:
+        if self.max_samples < 0 or self.min_rating < 0:
             raise ValueError(
-                f"--max-samples and --min-elo must be >= 0 (got {self.max_samples}, {self.min_elo})"
+                f"--max-samples and --min-rating must be >= 0 (got {self.max_samples}, {self.min_rating})"
             )
         if self.batch_size_per_gpu < 1 or self.grad_accum < 1 or self.max_steps < 1:
             raise ValueError("batch_size_per_gpu, grad_accum and max_steps must be >= 1")
@@ -160,6 +161,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        if "min_elo" in data:  # the name before min_rating (config.json of older runs)
+            data.setdefault("min_rating", data.pop("min_elo"))
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

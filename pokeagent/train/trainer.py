@@ -242,7 +242,7 @@ class Trainer:
                 workers=cfg.workers_per_gpu,
                 shuffle_buffer=cfg.shuffle_buffer,
                 seed=cfg.seed,
-                min_rating=cfg.min_elo or None,
+                min_rating=cfg.min_rating or None,
                 pin_memory=self.device.type == "cuda",
             ),
             rank=self.rank,
