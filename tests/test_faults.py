@@ -401,3 +401,37 @@ def test_a_run_killed_during_its_first_op_build_does_not_hang_the_next(shards, t
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"{lock}: removed a stale build lock (pid {first.pid} is not running)" in second.stdout
     assert "step 2/2" in second.stdout
+
+
+# ---------------------------------------------------------------- the campaign's cases
+@pytest.fixture(scope="module")
+def campaign(shards, tmp_path_factory):
+    from pokeagent.bench.faults import Campaign
+
+    return Campaign(shards, tmp_path_factory.mktemp("campaign"), steps=8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("sigkill", 2),
+        ("sigterm_validation", 1),
+        ("sigterm_battles", 1),
+        ("truncated_checkpoint", 1),
+        ("full_disk", 1),
+        ("loader_worker", 1),
+        ("second_writer", 2),  # a train job, then a pack
+        ("pack_kill", 2),
+    ],
+    ids=lambda case: case[0],
+)
+def test_each_fault_of_the_campaign_is_survived(campaign, case):
+    """scripts/fault_campaign.py's cases, a run or two each (the build kill has its own test)."""
+    name, runs = case
+    if name == "pack_kill":
+        outcome = campaign.pack_kill(runs, campaign.shards.parent / "replays.jsonl")
+    else:
+        outcome = getattr(campaign, name)(runs)
+    assert outcome.runs >= runs and outcome.survived == outcome.runs, outcome
+    assert outcome.identical is not False, outcome

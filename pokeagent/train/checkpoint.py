@@ -115,8 +115,8 @@ class Checkpointer:
                 if previous
                 else "the run has no earlier checkpoint"
             )
-            + ". Free space (or fix the file system) and run the same command: it resumes from "
-            "the newest complete checkpoint."
+            + ". Fix the cause (a full disk: free space) and run the same command: it resumes "
+            "from the newest complete checkpoint."
         )
 
     def prune(self, exempt: set[str]) -> None:
