@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 from helpers import TRAIN, train_env
+from test_hub import fake_hub, metamon  # noqa: F401 - the Hub stand-in's fixtures
 
 from pokeagent.bench.faults import file_size_limit, poison_shards, truncate
 from pokeagent.run_dir import RunDir, tag_of
@@ -435,3 +436,11 @@ def test_each_fault_of_the_campaign_is_survived(campaign, case):
         outcome = getattr(campaign, name)(runs)
     assert outcome.runs >= runs and outcome.survived == outcome.runs, outcome
     assert outcome.identical is not False, outcome
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("metamon")
+def test_a_download_killed_at_random_resumes_to_the_same_files(campaign):
+    """kill -9 of `pokeagent download` against the Hub stand-in of test_hub.py, then again."""
+    outcome = campaign.download_kill(2)
+    assert outcome.runs >= 2 and outcome.survived == outcome.runs, outcome

@@ -472,7 +472,49 @@ class Campaign:
                 killed += 1
             done = subprocess.run(command(out) + options, capture_output=True)
             outcome.runs += killed
-            if done.returncode == 0 and _same_shards(reference, out):
+            if done.returncode == 0 and _same_files(reference, out, "*.tar"):
+                outcome.survived += killed
+            else:
+                outcome.notes.append(f"{out} differs")
+        return outcome
+
+    def download_kill(self, kills: int, dataset: str = "metamon-raw") -> Outcome:
+        """kill -9 of `pokeagent download` at random moments (against the Hub that HF_ENDPOINT
+        names, a local stand-in in the campaign), then the same command again until it
+        completes: the output must be byte-identical to an uninterrupted download's (each
+        with a cache of its own, HF_HOME)."""
+        outcome = Outcome("kill -9 of download", notes=["output byte-identical"])
+
+        def run(out: Path, **popen):
+            command = [sys.executable, "-m", "pokeagent", "download", "--dataset", dataset]
+            env = dict(os.environ, HF_HOME=str(out.with_name(out.name + "-hf-home")))
+            return subprocess.Popen(
+                [*command, "--out", str(out), "--no-progress"],
+                env=env,
+                stdout=popen.pop("stdout", subprocess.DEVNULL),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        reference = self.fresh("download-reference")
+        started = time.monotonic()
+        if run(reference).wait(timeout=600):
+            raise RuntimeError(f"the reference download into {reference} failed")
+        took = time.monotonic() - started
+        while outcome.runs < kills:
+            out, killed = self.fresh("download-kill"), 0
+            while outcome.runs + killed < kills:
+                with self._log("download-kill") as log:
+                    process = run(out, stdout=log)
+                time.sleep(self.random.uniform(0.3, took))
+                if process.poll() is not None:
+                    break  # it completed first
+                _signal(process, signal.SIGKILL)
+                process.wait()
+                killed += 1
+            code = run(out).wait(timeout=600)
+            outcome.runs += killed
+            if code == 0 and _same_files(reference / "replays", out / "replays", "*.parquet"):
                 outcome.survived += killed
             else:
                 outcome.notes.append(f"{out} differs")
@@ -592,8 +634,11 @@ def _fill(path: Path, leave: int) -> None:
         out.write(bytes(max(0, stat.f_bavail * stat.f_frsize - leave)))
 
 
-def _same_shards(a: Path, b: Path) -> bool:
-    names = sorted(p.name for p in a.glob("*.tar"))
-    return names == sorted(p.name for p in b.glob("*.tar")) and all(
-        (a / n).read_bytes() == (b / n).read_bytes() for n in names
+def _same_files(a: Path, b: Path, pattern: str) -> bool:
+    """The `pattern` files of folders `a` and `b` have the same names and bytes."""
+    names = sorted(p.name for p in a.glob(pattern))
+    return (
+        bool(names)
+        and names == sorted(p.name for p in b.glob(pattern))
+        and all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
     )
