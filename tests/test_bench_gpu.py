@@ -14,6 +14,7 @@ import pytest
 from pokeagent.bench.gpu import GpuBenchConfig, problems, table
 
 
+@pytest.mark.slow
 def test_smoke_version_runs_and_reports(showdown_package, tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", DEEPSPEED_TIMEOUT="2")

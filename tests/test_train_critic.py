@@ -3,6 +3,7 @@ ranks with ZeRO 1/2/3, its metrics, and exact resume after SIGTERM (its target i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -42,7 +43,8 @@ def _interrupted_then_resumed(launcher: list[str], args: list[str], run_dir, sto
     root = psutil.Process(process.pid)
     launched = "torch.distributed.run" in " ".join(root.cmdline())
     for child in [*([] if launched else [root]), *root.children(recursive=True)]:
-        child.send_signal(signal.SIGTERM)
+        with contextlib.suppress(psutil.NoSuchProcess):  # a worker that already ended (zombie)
+            child.send_signal(signal.SIGTERM)
     assert process.wait(timeout=300) == 0
     stopped_at = max(_losses(run_dir))
     resumed = subprocess.run(
