@@ -100,8 +100,12 @@ def hub_stand_in(shared_replays: Path, chunk: int = 2048, pause_s: float = 0.02)
                 self.wfile.flush()
                 time.sleep(pause_s)
 
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # a client killed inside a file resets its connection: that is the point here
+
     Slow.hub = hub
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server = Server(("127.0.0.1", 0), Slow)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     os.environ.update(
