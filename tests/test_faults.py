@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from helpers import TRAIN, train_env
 from test_hub import fake_hub, metamon  # noqa: F401 - the Hub stand-in's fixtures
+from test_train import _args as train_args
 
 from pokeagent.bench.faults import file_size_limit, poison_shards, truncate
 from pokeagent.run_dir import RunDir, tag_of
@@ -18,21 +19,8 @@ OPTIM = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
 
 
 def _args(shards, run_dir, steps, **extra) -> list[str]:
-    options = {
-        "run-dir": run_dir,
-        "data-dir": shards,
-        "model": "tiny",
-        "ds-config": "cpu",
-        "batch-size-per-gpu": 8,
-        "window": 32,
-        "max-steps": steps,
-        "warmup-steps": 4,
-        "workers-per-gpu": 0,
-        "log-every": 1,
-        "checkpoint-minutes": 999,
-        "seed": 5,
-    } | extra
-    return [item for key, value in options.items() for item in (f"--{key}", str(value))]
+    """test_train's run options, with the loader in the training process."""
+    return train_args(shards, run_dir, steps, **({"workers-per-gpu": 0} | extra))
 
 
 def _train(args, **options) -> subprocess.CompletedProcess:
