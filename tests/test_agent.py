@@ -91,7 +91,12 @@ def test_live_arrays_equal_the_parsers(showdown_server, showdown_package, battle
             # disabled moves), except where every move is out of PP: logs do not count PP.
             if not observation.struggling:
                 assert not (observation.legal & ~decision.legal).any(), where
-            same_mask += bool((observation.legal == decision.legal).all())
+            # Where the mask is wider, it must be for hidden reasons more often than not; a move
+            # out of PP is one the log never shows, so it does not count as a difference.
+            wider = decision.legal & ~observation.legal
+            for slot in observation.out_of_pp:
+                wider[A.move_action(slot)] = wider[A.move_action(slot, gimmick=True)] = False
+            same_mask += not wider.any()
             compared += 1
     assert sides == {"p1", "p2"} and illusions <= 1
     assert compared > 20 * BATTLES_PER_SIDE and labelled > compared // 2

@@ -341,3 +341,75 @@ def test_a_gimmick_whose_move_never_came_labels_no_later_move(
     assert turns[2].action == A.move_action(0) and turns[2].action_info["gimmick"] is None
     report = audit([record])
     assert report.battles == 1 and not report.mismatches and report.illegal_labels == 0
+
+
+def _custom_mon(species, moves, item="", ability="Pressure"):
+    return f"{species}||{item}|{ability}|{moves}|Serious|{'84,' * 5}84|N|{'31,' * 5}31||100|"
+
+
+@pytest.mark.parametrize(
+    ("case", "p1_moves", "p2", "p2_turns"),
+    [
+        ("taunt", "taunt,splash", ("Snorlax", "curse,rest,bodyslam,earthquake", ""), (3, 3)),
+        ("heal block", "psychicnoise,splash", ("Chansey", "recover,seismictoss", ""), (2, 2)),
+        ("torment", "torment,splash", ("Snorlax", "bodyslam,earthquake", ""), (1, 2)),
+        ("throat chop", "throatchop,splash", ("Snorlax", "hypervoice,earthquake", ""), (2, 2)),
+        ("no retreat", "splash,protect", ("Falinks", "noretreat,closecombat", ""), (1, 2)),
+        (
+            "no retreat, shed shell",
+            "splash,protect",
+            ("Falinks", "noretreat", "Shed Shell"),
+            (1, 1),
+        ),
+        ("ingrain", "splash,protect", ("Snorlax", "ingrain,bodyslam", ""), (1, 2)),
+        ("ingrain by a ghost", "splash,protect", ("Gengar", "ingrain,shadowball", ""), (1, 2)),
+    ],
+)
+def test_public_volatiles_close_what_the_request_closes(
+    showdown_package, case, p1_moves, p2, p2_turns
+):
+    """A public line (`-start|...|move: Taunt`, No Retreat, Ingrain...) closes moves or switches
+    for its holder: on turn 2 the parser's mask must name exactly the request's options, neither
+    narrower (a real option hidden) nor wider where the log shows why. A Shed Shell or a Ghost
+    (gen 6+) keeps the switch of a Pokémon that holds itself in."""
+    from pokeagent.data.sources import replay_from_record
+
+    species, moves, item = p2
+    p1 = _custom_mon("Weavile", p1_moves) + "]" + _custom_mon("Chansey", "splash")
+    p2_team = _custom_mon(species, moves, item) + "]" + _custom_mon("Blissey", "splash")
+    input_log = [
+        ">start " + json.dumps({"formatid": "gen9customgame", "seed": [1, 2, 3, 4]}),
+        ">player p1 " + json.dumps({"name": "A", "team": p1}),
+        ">player p2 " + json.dumps({"name": "B", "team": p2_team}),
+        ">p1 team 12",
+        ">p2 team 12",
+        ">p1 move 1",
+        f">p2 move {p2_turns[0]}",
+        ">p1 move 2",
+        f">p2 move {p2_turns[1]}",
+        ">forcetie",
+    ]
+    (record,) = simtool.replay_input_logs(showdown_package, [{"input_log": input_log, "id": "t"}])
+    assert "error" not in record, record
+    truth = next(d for d in record["decisions"] if d["side"] == "p2" and d["turn"] == 2)
+    expected = {
+        ("move", o["move"]) if o["type"] == "move" else ("switch", o["species"])
+        for o in truth["legal"]
+        if o.get("gimmick") is None
+    }
+    trajectory = parse_replay(replay_from_record(record))[1]
+    decision = next(d for d in trajectory.decisions if d.turn == 2 and d.kind == A.TURN)
+    team = trajectory.team
+    active = next(i for i, m in enumerate(team) if m["species"] == species)
+    parsed = {
+        ("move", name)
+        for i, name in enumerate(team[active]["moves"])
+        if decision.legal[A.move_action(i)]
+    } | {("switch", m["species"]) for j, m in enumerate(team) if decision.legal[A.switch_action(j)]}
+    assert parsed == expected, case
+    # The scenario bites: something is closed on turn 2 (or, for the exceptions, stays open).
+    all_moves = {("move", name) for name in team[active]["moves"]}
+    if case in ("no retreat, shed shell", "ingrain by a ghost"):
+        assert ("switch", "Blissey") in expected
+    else:
+        assert ("switch", "Blissey") not in expected or not all_moves <= expected

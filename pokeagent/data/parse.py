@@ -69,10 +69,12 @@ from pokeagent.showdown.state import (
     reveals_item_or_ability,
 )
 
-PARSER_VERSION: Final = 2
+PARSER_VERSION: Final = 3
 """Bumped whenever labels, masks or decision points change meaning, or a fix changes them (a
 pack does not resume across versions): 2 since a gimmick announced for a move that never came
-(confusion self-hit) no longer labels the next turn's move, and gen 1's cancelled recharge."""
+(confusion self-hit) no longer labels the next turn's move, and gen 1's cancelled recharge;
+3 since No Retreat and Ingrain close the switch options of their user, and Taunt, Heal Block,
+Throat Chop and Torment the moves they forbid."""
 
 SIDES: Final = ("p1", "p2")
 _MOVE_SLOTS: Final = tuple(range(A.N_MOVES))
@@ -345,16 +347,72 @@ class _Reconstruction:
             elif active.disabled_move in moves:
                 disabled = active.disabled_move
                 usable = tuple(i for i in usable if i >= len(moves) or moves[i] != disabled)
+            if active.volatiles & _MOVE_CLOSING_VOLATILES:
+                usable = self._open_moves(active, moves, usable)
         bits = 0
         for index in usable:
             bits |= 1 << (A.MOVE_BASE + index)
         if self._gimmick_available(side, active, slot):
             bits |= bits << (A.GIMMICK_BASE - A.MOVE_BASE)
         if active is None or not (
-            "trapped" in active.volatiles or "partiallytrapped" in active.volatiles
+            "trapped" in active.volatiles
+            or "partiallytrapped" in active.volatiles
+            or self._holds_itself_in(side, active, slot)
         ):
             bits |= self._switch_mask(side)
         return bits
+
+    def _open_moves(
+        self, active: PokemonState, moves: list[str], usable: tuple[int, ...]
+    ) -> tuple[int, ...]:
+        """`usable` less the moves a public volatile closes: Taunt (status moves, gen 3+), Heal
+        Block (healing moves, gen 4+), Throat Chop (sound moves), Torment (the last move).
+        When nothing would be left the request offers Struggle, which the mask cannot name:
+        then `usable` stays as it was."""
+        dex = Dex.load()
+        kept = []
+        for index in usable:
+            if index >= len(moves):
+                kept.append(index)
+                continue
+            move = moves[index]
+            record = dex.move(move, self.gen)
+            flags = (record.get("flags") or ()) if record is not None else ()
+            volatiles = active.volatiles
+            closed = (
+                (
+                    "taunt" in volatiles
+                    and self.gen >= 3
+                    and record is not None
+                    and record.get("category") == "Status"
+                )
+                or ("healblock" in volatiles and self.gen >= 4 and "heal" in flags)
+                or ("throatchop" in volatiles and "sound" in flags)
+                or ("torment" in volatiles and move == active.last_move)
+            )
+            if not closed:
+                kept.append(index)
+        return tuple(kept) if kept else usable
+
+    def _holds_itself_in(self, side: str, active: PokemonState, slot: int | None) -> bool:
+        """No Retreat and Ingrain (public `-start` lines) keep their user in, unless it holds a
+        Shed Shell or, from gen 6, is a Ghost. A type changed by a move (Soak...) is not
+        tracked: then the mask stays open (wider is safe, narrower would hide a real option)."""
+        if "noretreat" not in active.volatiles and "ingrain" not in active.volatiles:
+            return False
+        item = active.item
+        if item is None and slot is not None:
+            item = self.hind.team[side][slot].item
+        if item == "Shed Shell":
+            return False
+        if self.gen >= 6:
+            if "typechange" in active.volatiles:
+                return False
+            if active.terastallized and active.tera_type != "Stellar":
+                return active.tera_type != "Ghost"
+            record = Dex.load().species(active.species, self.gen)
+            return record is not None and "Ghost" not in (record.get("types") or ())
+        return True
 
     def _gimmick_available(self, side: str, active: PokemonState | None, slot: int | None) -> bool:
         live = self.state.sides[side]
@@ -772,6 +830,10 @@ def _masks(bits: list[int]) -> np.ndarray:
     return np.unpackbits(packed.reshape(-1, 2), axis=1, count=A.N_ACTIONS, bitorder="little").view(
         bool
     )
+
+
+_MOVE_CLOSING_VOLATILES: Final = frozenset({"taunt", "healblock", "throatchop", "torment"})
+"""Public volatiles that close some of their holder's moves (`_Reconstruction._open_moves`)."""
 
 
 def _choice_locked(item: str | None) -> bool:

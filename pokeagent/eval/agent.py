@@ -81,6 +81,9 @@ class Observation:
     server refused, e.g. a switch out of a trap the agent could not see) is the same decision."""
     struggling: bool = False
     """The request offers only Struggle: every move is out of PP, which no log shows."""
+    out_of_pp: tuple[int, ...] = ()
+    """Move slots (canonical, as in the action space) the request closes for want of PP, which
+    no log counts: the parser's mask leaves them open."""
 
 
 @dataclass
@@ -175,6 +178,7 @@ class LiveView:
         }
         legal = np.zeros(A.N_ACTIONS, dtype=bool)
         choices: dict[int, str] = {}
+        out_of_pp: tuple[int, ...] = ()
         if request.get("teamPreview"):
             kind = A.TEAM_PREVIEW
             for name, slot in slot_of_name.items():
@@ -184,7 +188,7 @@ class LiveView:
             kind = A.FORCED_SWITCH if any(request.get("forceSwitch") or ()) else A.TURN
             active = (request.get("active") or [{}])[0] if kind == A.TURN else {}
             if kind == A.TURN:
-                self._move_choices(active, members, request, gen, legal, choices)
+                out_of_pp = self._move_choices(active, members, request, gen, legal, choices)
             # Revival Blessing asks for a fainted member, as a forced switch does for a healthy one.
             reviving = any(p.get("reviving") for p in request["side"]["pokemon"])
             if kind == A.FORCED_SWITCH or not active.get("trapped"):
@@ -198,9 +202,13 @@ class LiveView:
                         legal[action], choices[action] = True, f"switch {n + 1}"
         arrays = encode(self.state, self.side, hindsight, kind)
         moves = [m.get("id") for m in ((request.get("active") or [{}])[0].get("moves") or [])]
-        return Observation(kind, arrays, legal, choices, self.lines, moves == ["struggle"])
+        return Observation(
+            kind, arrays, legal, choices, self.lines, moves == ["struggle"], out_of_pp
+        )
 
-    def _move_choices(self, active, members, request, gen, legal, choices) -> None:
+    def _move_choices(self, active, members, request, gen, legal, choices) -> tuple[int, ...]:
+        """Fills `legal` and `choices` with the request's moves; returns the canonical slots
+        of the moves it closes for want of PP."""
         active_name = next(
             p["ident"].split(": ", 1)[1] for p in request["side"]["pokemon"] if p.get("active")
         )
@@ -217,11 +225,16 @@ class LiveView:
             else None
         )
         zmoves = active.get("canZMove") or []
-        usable = [
-            (n, display_name("moves", move.get("id") or move.get("move"), gen))
+        named = [
+            (n, move, display_name("moves", move.get("id") or move.get("move"), gen))
             for n, move in enumerate(active.get("moves", []))
-            if not move.get("disabled")
         ]
+        usable = [(n, name) for n, move, name in named if not move.get("disabled")]
+        out_of_pp = tuple(
+            canonical.index(name)
+            for _n, move, name in named
+            if move.get("disabled") and move.get("pp") == 0 and name in canonical
+        )
         mapped = {n: canonical.index(name) for n, name in usable if name in canonical}
         # Recharge, Struggle, a Transformed or Mimicked moveset: no canonical slot; a free slot
         # (else any slot not taken) plays it, as the parser allows any move there.
@@ -236,6 +249,7 @@ class LiveView:
                 extra = gimmick or "zmove"
                 legal[A.move_action(slot, gimmick=True)] = True
                 choices[A.move_action(slot, gimmick=True)] = f"move {n + 1} {extra}"
+        return out_of_pp
 
 
 class NetworkPolicy:
