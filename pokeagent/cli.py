@@ -319,7 +319,8 @@ def _improve(args: argparse.Namespace) -> int:
     from pokeagent.loop.improve import ImproveConfig, run_improve
 
     report = run_improve(config_from(ImproveConfig, args))
-    print(f"-> {report['config']['out']}/improve.md, improve.json, improve.png, best/")
+    if report.get("stage") is None:
+        print(f"-> {report['config']['out']}/improve.md, improve.json, improve.png, best/")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`python -m pokeagent.launch train|hostfile|render-tiers` (launch/*.sh call these)."""
+"""`python -m pokeagent.launch train|improve|hostfile|render-tiers` (launch/*.sh call these)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from pokeagent.launch.slurm import main as train_main
 
         return train_main(rest)
+    if verb == "improve":
+        from pokeagent.loop.slurm_chain import main as improve_main
+
+        return improve_main(rest)
     if verb == "hostfile":
         return _hostfile(rest)
     if verb == "render-tiers":
@@ -55,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_tiers():
             print(path)
         return 0
-    print("usage: python -m pokeagent.launch train|hostfile|render-tiers ...", file=sys.stderr)
+    print(
+        "usage: python -m pokeagent.launch train|improve|hostfile|render-tiers ...",
+        file=sys.stderr,
+    )
     return 2
 
 

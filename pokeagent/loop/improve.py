@@ -59,6 +59,12 @@ BEST_BY = "heuristic"
 """The kept agent is the one with the best win rate against this baseline (then the mean)."""
 FIXED = ("shards", "start", "seed", "format", "model", "objective")
 """Options a rerun must share with the loop it continues."""
+STAGES = ("all", "zero", "generate", "pack", "finish")
+"""What one invocation does: `all` the whole loop (here); the others one piece of a round, as the
+jobs of a SLURM chain run them (`pokeagent/loop/slurm_chain.py`): `zero` round 0 (the start
+agent kept and evaluated), `generate` one chunk of a round's battles, `pack` the round's shards
+and its training mixture (`data-dir.txt`), `finish` the trained round's agent kept and
+evaluated. Training in between is `pokeagent train` on `train/` (the chain's GPU job)."""
 
 
 @dataclass
@@ -122,6 +128,13 @@ class ImproveConfig:
     """Parse workers of each round's pack."""
     device: str = "cpu"
     """Where the agents' networks run in battles."""
+    stage: str = "all"
+    """all: the whole loop here. zero, generate, pack, finish: one piece of a round, as the jobs
+    of a SLURM chain (`launch/improve.sh`) run it; with --round (and --chunk-index for generate)."""
+    round: int | None = None
+    """The round of a --stage other than all."""
+    chunk_index: int | None = None
+    """The chunk of --stage generate (the array task's index)."""
 
     def __post_init__(self):
         for name in ("rounds", "start_steps"):
@@ -138,6 +151,14 @@ class ImproveConfig:
             raise ValueError("--replay-weight and --rounds-weight: >= 0, not both 0")
         if self.temperature < 0 or self.ladder_games < 0:
             raise ValueError("--temperature and --ladder-games must be >= 0")
+        if self.stage not in STAGES:
+            raise ValueError(f"--stage {self.stage}: choose from {', '.join(STAGES)}")
+        if self.stage in ("generate", "pack", "finish") and (self.round or 0) < 1:
+            raise ValueError(f"--stage {self.stage} needs --round N (N >= 1)")
+        if self.stage == "generate" and (self.chunk_index is None or self.chunk_index < 0):
+            raise ValueError(
+                "--stage generate needs --chunk-index I (I >= 0: the array task's index)"
+            )
         parse_pool(self.pool)
 
 
@@ -159,8 +180,9 @@ def _say(text: str) -> None:
 
 
 def _write_json(path: Path, data) -> None:
-    """Atomically: a reader (or a rerun after a kill) sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Atomically: a reader (or a rerun after a kill) sees the old file or the new one; writers
+    at once (a chain's array tasks writing the same plan) each replace it whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
@@ -205,12 +227,19 @@ class Improve:
     def base_config(self) -> Path:
         """The TrainConfig every round's run starts from (`train-config.json`, fixed at the
         first run); rounds give --data-dir and --max-steps on top."""
+        path = self.out / "train-config.json"
+        if not path.is_file():
+            _write_json(path, self.train_settings())
+        return path
+
+    def train_settings(self) -> dict:
+        """train-config.json's content: as saved, or as the first run will save it (checked)."""
         from pokeagent.data.loader import first_folder
         from pokeagent.train.config import TrainConfig
 
-        path = self.out / "train-config.json"
-        if path.is_file():
-            return path
+        saved = read_json(self.out / "train-config.json")
+        if saved is not None:
+            return saved
         cfg = self.cfg
         if cfg.start is not None:
             source, _ = start_checkpoint(cfg.start)
@@ -248,8 +277,20 @@ class Improve:
             "time_limit_hours": 0.0,
         }
         TrainConfig.from_dict(train)  # checked now, not in the first round's subprocess
-        _write_json(path, train)
-        return path
+        return train
+
+    def start_step(self) -> int:
+        """Round 0's step: its kept agent's, else the --start checkpoint's (else start_steps)."""
+        kept = read_json(self.agent_dir(0) / "agent.json")
+        if kept is not None:
+            return kept["step"]
+        if self.cfg.start is None:
+            return self.cfg.start_steps
+        return step_of(start_checkpoint(self.cfg.start)[1])
+
+    def target_step(self, index: int) -> int:
+        """The step round `index` trains to: every round trains `steps` more than the last."""
+        return self.start_step() + index * self.cfg.steps
 
     def adopt_start(self) -> None:
         """`start`'s checkpoint becomes out/train's first (copied whole; the start run is left
@@ -300,13 +341,19 @@ class Improve:
             tag = run.pointer()
         return step_of(tag) if tag else 0
 
-    def keep_agent(self, index: int) -> Path:
+    def keep_agent(self, index: int, target: int | None = None) -> Path:
         """The run's latest weights, copied to the round's agent/ (the run's keep-last rotation
-        deletes old checkpoints; past agents stay playable)."""
+        deletes old checkpoints; past agents stay playable). With `target`, the run must have
+        reached that step (a chain's finish job after a training job that stopped early)."""
         agent = self.agent_dir(index)
         if (agent / WEIGHTS).is_file():
             return agent
-        self.latest_step()  # `latest` names a complete checkpoint
+        reached = self.latest_step()  # `latest` names a complete checkpoint
+        if target is not None and reached != target:
+            raise RuntimeError(
+                f"round {index} trains to step {target}, and {self.train_run.root} is at step "
+                f"{reached}: train it there first (`pokeagent train` resumes it)"
+            )
         tag = self.train_run.pointer()
         partial = agent.with_name("agent.partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -318,38 +365,41 @@ class Improve:
 
     def generate_round(self, index: int, plan: dict) -> float:
         """Every chunk of the plan that is not complete yet; the seconds spent."""
+        started = time.monotonic()
+        for chunk in plan["chunks"]:
+            self.generate_chunk(index, plan, chunk)
+        return time.monotonic() - started
+
+    def generate_chunk(self, index: int, plan: dict, chunk: dict) -> None:
+        """One chunk's battles into `battles/chunk-NNN/` (nothing to do once it is there)."""
         from pokeagent.data.generate import GenerateConfig, generate
 
-        started = time.monotonic()
-        battles = self.round_dir(index) / "battles"
-        battles.mkdir(parents=True, exist_ok=True)
-        for chunk in plan["chunks"]:
-            final = battles / f"chunk-{chunk['index']:03d}"
-            if final.is_dir():
-                continue
-            partial = final.with_name(final.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)  # a killed chunk's battles: played again
-            players = (plan["agent"], chunk["opponent"])
-            print(f"chunk {chunk['index']}: {chunk['battles']} x {players[0]} vs {players[1]}")
-            maker = self.make_players()
-            if hasattr(maker, "preload"):
-                maker.preload(players)
-            summary = generate(
-                GenerateConfig(
-                    out=partial,
-                    format=self.cfg.format,
-                    battles=chunk["battles"],
-                    players=players,
-                    seed=chunk["seed"],
-                    concurrency=self.cfg.concurrency,
-                ),
-                progress=self.progress,
-                players=maker,
-            )
-            print(summary.table(), flush=True)
-            shutil.rmtree(partial / "server-logs", ignore_errors=True)  # replays hold it all
-            os.replace(partial, final)
-        return time.monotonic() - started
+        final = self.round_dir(index) / "battles" / f"chunk-{chunk['index']:03d}"
+        if final.is_dir():
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(final.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)  # a killed chunk's battles: played again
+        players = (plan["agent"], chunk["opponent"])
+        print(f"chunk {chunk['index']}: {chunk['battles']} x {players[0]} vs {players[1]}")
+        maker = self.make_players()
+        if hasattr(maker, "preload"):
+            maker.preload(players)
+        summary = generate(
+            GenerateConfig(
+                out=partial,
+                format=self.cfg.format,
+                battles=chunk["battles"],
+                players=players,
+                seed=chunk["seed"],
+                concurrency=self.cfg.concurrency,
+            ),
+            progress=self.progress,
+            players=maker,
+        )
+        print(summary.table(), flush=True)
+        shutil.rmtree(partial / "server-logs", ignore_errors=True)  # replays hold it all
+        os.replace(partial, final)
 
     def pack_round(self, index: int, plan: dict) -> dict:
         """The round's replays -> its own shards (pack resumes a killed pack); the manifest."""
@@ -436,13 +486,23 @@ class Improve:
             "round": index,
             "agent": f"agent:{current}@{cfg.temperature:g}",
             "pool": pool,
-            "chunks": plan_chunks(pool, cfg.battles, cfg.chunk, cfg.seed, index),
+            "chunks": self.chunks(index, pool),
             "start_step": previous,
             "target_step": previous + cfg.steps,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(path, plan)
         return plan
+
+    def chunks(self, index: int, pool: list | None = None) -> list[dict]:
+        """Round `index`'s chunks (what its plan will hold; known before the round starts, for
+        the size of a chain's array job)."""
+        cfg = self.cfg
+        if pool is None:
+            current = self.agent_dir(index - 1) / WEIGHTS
+            past = [self.agent_dir(i) / WEIGHTS for i in range(index - 1)]
+            pool = resolve_pool(parse_pool(cfg.pool), current, past, cfg.temperature)
+        return plan_chunks(pool, cfg.battles, cfg.chunk, cfg.seed, index)
 
     def add_seconds(self, index: int, stage: str, seconds: float) -> None:
         """Wall time per stage, summed over the runs that worked on it (`times.json`)."""
@@ -475,9 +535,20 @@ class Improve:
             f"{plan['agent']} against {', '.join(f'{s}={w:g}' for s, w in plan['pool'])}"
         )
         self.add_seconds(index, "battles", self.generate_round(index, plan))
+        data_dir = self.pack_stage(index)
+        _say(f"round {index}: train to step {plan['target_step']}")
+        self.add_seconds(index, "train", self.train_to(data_dir, plan["target_step"]))
+        self.keep_agent(index, plan["target_step"])
+        self.finish_round(index)
+
+    def pack_stage(self, index: int) -> str:
+        """The round's shards, and its training mixture: replays + every round so far
+        (`mixture.json`, and `data-dir.txt`: the --data-dir a chain's training job reads)."""
+        from pokeagent.data.loader import mixture_spec
+
         _say(f"round {index}: pack")
         started = time.monotonic()
-        self.pack_round(index, plan)
+        self.pack_round(index, self.plan(index))
         self.add_seconds(index, "pack", time.monotonic() - started)
         packed = []
         for i in range(1, index + 1):
@@ -485,14 +556,12 @@ class Improve:
             packed.append(
                 (self.round_dir(i) / "shards", manifest["summary"]["trajectories"]["train"])
             )
-        parts = mixture(cfg, packed)
+        parts = mixture(self.cfg, packed)
         _write_json(self.round_dir(index) / "mixture.json", parts)
-        from pokeagent.data.loader import mixture_spec
-
-        _say(f"round {index}: train to step {plan['target_step']} over {len(parts)} folders")
-        self.add_seconds(index, "train", self.train_to(mixture_spec(parts), plan["target_step"]))
-        self.keep_agent(index)
-        self.finish_round(index)
+        spec = mixture_spec(parts)
+        (self.round_dir(index) / "data-dir.txt").write_text(spec + "\n")
+        print(f"round {index}: the mixture of {len(parts)} folders: {spec}", flush=True)
+        return spec
 
     def finish_round(self, index: int) -> None:
         _say(f"round {index}: evaluate against {', '.join(OPPONENTS)} ({self.cfg.eval_games} each)")
@@ -504,6 +573,44 @@ class Improve:
 
         report = write_report(self, ladder)
         print(report["markdown"], flush=True)
+
+    def run_stage(self) -> None:
+        """One piece of a round (`--stage`), as a chain's job runs it; each is idempotent."""
+        from pokeagent.showdown.install import install
+
+        cfg, index = self.cfg, self.cfg.round
+        self.check_config()
+        if cfg.stage == "zero":
+            if cfg.start is None:
+                raise ValueError("a chain starts from a trained run: give --start")
+            install()
+            if not (self.agent_dir(0) / WEIGHTS).is_file() or not self._evaluated(0):
+                self.round_zero()
+            return
+        if not (self.agent_dir(index - 1) / WEIGHTS).is_file():
+            raise RuntimeError(f"round {index - 1} has no agent yet: its jobs come first")
+        plan = self.plan(index)
+        if cfg.stage == "generate":
+            if cfg.chunk_index >= len(plan["chunks"]):
+                raise ValueError(
+                    f"--chunk-index {cfg.chunk_index}: round {index} has "
+                    f"{len(plan['chunks'])} chunks"
+                )
+            install()
+            self.generate_chunk(index, plan, plan["chunks"][cfg.chunk_index])
+        elif cfg.stage == "pack":
+            missing = [
+                c["index"]
+                for c in plan["chunks"]
+                if not (self.round_dir(index) / "battles" / f"chunk-{c['index']:03d}").is_dir()
+            ]
+            if missing:
+                raise RuntimeError(f"round {index}: chunks {missing} are not played yet")
+            self.pack_stage(index)
+        elif cfg.stage == "finish":
+            install()
+            self.keep_agent(index, plan["target_step"])
+            self.finish_round(index)
 
     def run(self) -> dict:
         from pokeagent.loop.report import write_report
@@ -545,8 +652,15 @@ def start_checkpoint(path: str) -> tuple[RunDir, str]:
 
 
 def run_improve(cfg: ImproveConfig, make_players: Callable | None = None, progress=True) -> dict:
-    """Run (or continue) the loop; returns the report (improve.json's content).
+    """Run (or continue) the loop; returns the report (improve.json's content). A `stage`
+    other than all runs that one piece of a round and returns what it did.
 
     `make_players` builds a fresh `PlayerMaker` for each chunk of battles (default: an
     `AgentMaker` on `cfg.device`)."""
-    return Improve(cfg, make_players, progress).run()
+    loop = Improve(cfg, make_players, progress)
+    if cfg.stage != "all":
+        # One piece of a round: the report is rewritten by the stages that evaluate (zero,
+        # finish), not by a chain's array tasks at once.
+        loop.run_stage()
+        return {"config": asdict(cfg), "stage": cfg.stage, "round": cfg.round}
+    return loop.run()
