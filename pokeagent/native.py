@@ -13,6 +13,27 @@ modules call each other directly). A stale or broken build also warns: rebuild w
 
 Without a C compiler or mypy at install time the package installs uncompiled and runs the same
 code, slower. `pokeagent bench parse` prints which one it measured.
+
+Rules for the compiled modules (the other modules point here):
+1. **`__init__` written out.** Hot classes are dataclasses (fields, defaults and docs in one
+   place), but write their `__init__` by hand: a dataclass-generated `__init__` stays
+   interpreted even where the module is compiled, and a replay makes hundreds of these objects.
+   Adding a field: declare it with its default *and* set it in `__init__`;
+   `tests/test_native.py::test_written_out_inits_match_the_dataclass_fields` fails otherwise.
+2. **`__reduce__`.** A compiled class cannot be pickled or copied on its own: give it
+   `__reduce__` via `reduce_dataclass` (the first `n_args` fields go to `__init__`), and keep
+   that count right when `__init__`'s positional arguments change (`test_parser_objects_pickle_
+   and_copy`).
+3. **`Final` constants.** Module constants are `Final` (inlined where compiled); shared
+   vocabularies (boost names, statuses, volatiles) live once in `pokeagent/showdown/vocab.py`.
+4. **No generic calls on the hot path.** `in` and `del` rather than `dict.pop(key, None)`,
+   `startswith` with one string rather than a tuple, attributes by name rather than `getattr`:
+   each is a slow generic call where compiled.
+5. **Imports.** They import only each other, the dex and numpy at run time; a new compiled module
+   goes into `COMPILED_MODULES` (all or none run compiled).
+6. **Edits.** After an edit, `pip install -e .` rebuilds; until then `guard()` runs the sources.
+   The compiled build must give the sources' output to the byte (`test_compiled_parser_equals_
+   pure_python`), and a change of labels or masks bumps `parse.PARSER_VERSION`.
 """
 
 from __future__ import annotations
@@ -30,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 COMPILED_MODULES = (
+    "pokeagent.showdown.vocab",
     "pokeagent.showdown.actions",
     "pokeagent.showdown.protocol",
     "pokeagent.showdown.state",

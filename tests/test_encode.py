@@ -160,8 +160,7 @@ def test_no_opponent_information_before_the_log_reveals_it(battles):
 
 
 def test_every_encoded_volatile_is_tracked_by_the_state():
-    from pokeagent.data.encode import VOLATILE_FLAGS
-    from pokeagent.showdown.state import TRACKED_VOLATILES
+    from pokeagent.showdown.vocab import TRACKED_VOLATILES, VOLATILE_FLAGS
 
     assert set(VOLATILE_FLAGS) <= TRACKED_VOLATILES  # an untracked flag would always be 0
 

@@ -13,7 +13,7 @@ Schema (ENCODER_VERSION 1), per decision:
   moves sit in canonical slot order (= the move actions); the opponent's in reveal order.
 - `features` float32 [12, N_MON_FEATURES]: present, revealed, is-own, active, fainted, HP
   fraction, level/100, status one-hot (brn par slp frz psn tox), boosts/6 (atk def spa spd spe
-  accuracy evasion), terastallized, volatile flags (VOLATILE_FLAGS), choice-locked.
+  accuracy evasion), terastallized, volatile flags (vocab.VOLATILE_FLAGS), choice-locked.
 - `globals` float32 [N_GLOBAL_FEATURES]: decision kind one-hot, generation one-hot (1-9),
   turn/100, weather one-hot, terrain one-hot, pseudo-weather flags, side conditions for own then
   opponent side, gimmicks already used (own, opponent), Pokémon left (own, opponent)/6.
@@ -35,6 +35,7 @@ from pokeagent.data.hindsight import Hindsight, TeamMember
 from pokeagent.showdown import actions as A
 from pokeagent.showdown.dex import Dex
 from pokeagent.showdown.state import BattleState, PokemonState, SideState, normalise
+from pokeagent.showdown.vocab import BOOST_STATS, STATUSES, VOLATILE_FLAGS
 
 ENCODER_VERSION: Final = 1
 
@@ -53,30 +54,6 @@ N_TOKEN_FIELDS: Final = len(TOKEN_FIELDS)
 PAD: Final = 0
 UNKNOWN: Final = 1
 
-STATUSES: Final = ("brn", "par", "slp", "frz", "psn", "tox")
-BOOSTS: Final = ("atk", "def", "spa", "spd", "spe", "accuracy", "evasion")
-VOLATILE_FLAGS: Final = (
-    "substitute",
-    "confusion",
-    "leechseed",
-    "taunt",
-    "encore",
-    "disable",
-    "torment",
-    "yawn",
-    "perishsong",
-    "curse",
-    "trapped",
-    "partiallytrapped",
-    "mustrecharge",
-    "dynamax",
-    "transform",
-    "focusenergy",
-    "healblock",
-    "saltcure",
-    "typechange",
-    "attract",
-)
 MON_FEATURES: Final = (
     "present",
     "revealed",
@@ -86,7 +63,7 @@ MON_FEATURES: Final = (
     "hp",
     "level",
     *(f"status_{s}" for s in STATUSES),
-    *(f"boost_{b}" for b in BOOSTS),
+    *(f"boost_{b}" for b in BOOST_STATS),
     "terastallized",
     *(f"volatile_{v}" for v in VOLATILE_FLAGS),
     "choice_locked",
@@ -221,7 +198,7 @@ _BIT_LOCKED: Final = 1 << _LOCKED
 assert N_MON_FEATURES < 64  # _MonRows keeps a row's 0/1 columns as the bits of an int64
 assert _LEVEL == _HP + 1  # _MonRows writes both columns with one slice
 _STATUS_COLUMN: Final = {s: _F["status_" + s] for s in STATUSES}
-_BOOST_COLUMN: Final = {b: _F["boost_" + b] for b in BOOSTS}
+_BOOST_COLUMN: Final = {b: _F["boost_" + b] for b in BOOST_STATS}
 _VOLATILE_COLUMN: Final = {v: _F["volatile_" + v] for v in VOLATILE_FLAGS}
 _KIND_COLUMN: Final = tuple(_G["kind_" + name] for name in A.KIND_NAMES)
 _GEN_COLUMN: Final = {g: _G[f"gen{g}"] for g in range(1, 10)}

@@ -30,7 +30,7 @@ class TeamMember:
     zmove: bool
     """It uses a Z-Move at some point."""
 
-    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the fields).
+    # Written out: pokeagent/native.py, rule 1.
     def __init__(
         self,
         species: str,
@@ -67,7 +67,7 @@ class Hindsight:
     """side -> members in canonical order; unknown (never shown) members are not listed."""
     team_size: dict[str, int]
 
-    # Written out: see protocol.Message.__init__.
+    # Written out: pokeagent/native.py, rule 1.
     def __init__(self, team: dict[str, list[TeamMember]], team_size: dict[str, int]) -> None:
         self.team = team
         self.team_size = team_size

@@ -68,6 +68,7 @@ from pokeagent.showdown.state import (
     PokemonState,
     reveals_item_or_ability,
 )
+from pokeagent.showdown.vocab import MOVE_CLOSING_VOLATILES, SELF_TRAPPING_VOLATILES
 
 PARSER_VERSION: Final = 3
 """Bumped whenever labels, masks or decision points change meaning, or a fix changes them (a
@@ -116,7 +117,7 @@ class Decision:
     legal_bits: int = 0
     """`legal` as bits (1 << action) while the parser builds it; `legal` is made at the end."""
 
-    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the defaults).
+    # Written out: pokeagent/native.py, rule 1.
     def __init__(
         self,
         turn: int,
@@ -165,7 +166,7 @@ class Trajectory:
     """With `encode`: the decisions' arrays stacked, [T, ...] per key (tokens, features,
     globals, legal); what shards store, without stacking per-decision arrays again."""
 
-    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the defaults).
+    # Written out: pokeagent/native.py, rule 1.
     def __init__(
         self,
         battle_id: str,
@@ -347,7 +348,7 @@ class _Reconstruction:
             elif active.disabled_move in moves:
                 disabled = active.disabled_move
                 usable = tuple(i for i in usable if i >= len(moves) or moves[i] != disabled)
-            if active.volatiles & _MOVE_CLOSING_VOLATILES:
+            if active.volatiles & MOVE_CLOSING_VOLATILES:
                 usable = self._open_moves(active, moves, usable)
         bits = 0
         for index in usable:
@@ -398,7 +399,7 @@ class _Reconstruction:
         """No Retreat and Ingrain (public `-start` lines) keep their user in, unless it holds a
         Shed Shell or, from gen 6, is a Ghost. A type changed by a move (Soak...) is not
         tracked: then the mask stays open (wider is safe, narrower would hide a real option)."""
-        if "noretreat" not in active.volatiles and "ingrain" not in active.volatiles:
+        if not active.volatiles & SELF_TRAPPING_VOLATILES:
             return False
         item = active.item
         if item is None and slot is not None:
@@ -830,10 +831,6 @@ def _masks(bits: list[int]) -> np.ndarray:
     return np.unpackbits(packed.reshape(-1, 2), axis=1, count=A.N_ACTIONS, bitorder="little").view(
         bool
     )
-
-
-_MOVE_CLOSING_VOLATILES: Final = frozenset({"taunt", "healblock", "throatchop", "torment"})
-"""Public volatiles that close some of their holder's moves (`_Reconstruction._open_moves`)."""
 
 
 def _choice_locked(item: str | None) -> bool:

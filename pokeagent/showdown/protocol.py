@@ -181,8 +181,7 @@ class Message:
     code: int = field(init=False, compare=False, repr=False)
     """`KIND_CODES` of the kind (K_OTHER for any other kind)."""
 
-    # Written out (dataclass would generate the same): a generated __init__ is interpreted
-    # even where this module is compiled (pokeagent/native.py), and a replay makes hundreds.
+    # Written out: pokeagent/native.py, rule 1.
     def __init__(
         self,
         kind: str,

@@ -50,58 +50,7 @@ from pokeagent.showdown.protocol import (
     parse_hp_status,
     parse_pokemon_ref,
 )
-
-BOOST_STATS: Final = ("atk", "def", "spa", "spd", "spe", "accuracy", "evasion")
-
-# Volatile effects kept (normalised lower-case names); the rest are ignored.
-TRACKED_VOLATILES: Final = frozenset(
-    {
-        "substitute",
-        "confusion",
-        "leechseed",
-        "taunt",
-        "encore",
-        "disable",
-        "torment",
-        "attract",
-        "yawn",
-        "perishsong",
-        "perish0",
-        "perish1",
-        "perish2",
-        "perish3",
-        "curse",
-        "nightmare",
-        "embargo",
-        "healblock",
-        "focusenergy",
-        "magnetrise",
-        "aquaring",
-        "ingrain",
-        "trapped",
-        "partiallytrapped",
-        "mustrecharge",
-        "dynamax",
-        "saltcure",
-        "protosynthesis",
-        "quarkdrive",
-        "flashfire",
-        "slowstart",
-        "charge",
-        "stockpile",
-        "typechange",
-        "transform",
-        "lockedmove",
-        "throatchop",
-        "glaiverush",
-        "destinybond",
-        "smackdown",
-        "octolock",
-        "noretreat",
-        "tarshot",
-        "syrupbomb",
-    }
-)
+from pokeagent.showdown.vocab import BOOST_STATS, TRACKED_VOLATILES
 
 GEN1_PARTIAL_TRAPPING_MOVES: Final = frozenset({"Bind", "Clamp", "Fire Spin", "Wrap"})
 """Gen 1 moves that cancel their target's recharge turn (data/mods/gen1/moves.ts: onTryMove)."""
@@ -252,7 +201,7 @@ class PokemonState:
     """Bumped by `BattleState.apply` whenever a message may have changed this Pokémon (what
     `IncrementalEncoder` re-encodes)."""
 
-    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the defaults).
+    # Written out: pokeagent/native.py, rule 1.
     # Callers pass the fields after `start_species` by name only.
     def __init__(
         self, side: str, species: str, start_species: str, name: str | None = None
@@ -325,7 +274,7 @@ class SideState:
     """name -> the first Pokémon of that name, as of `names_version` (`find` keeps it)."""
     names_version: int = field(default=-1, compare=False, repr=False)
 
-    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the defaults).
+    # Written out: pokeagent/native.py, rule 1.
     def __init__(
         self,
         side: str,
@@ -377,7 +326,7 @@ class FieldState:
     pseudo_weather: set[str] = field(default_factory=set)
     """trickroom, gravity, magicroom, wonderroom, ..."""
 
-    # Written out: see protocol.Message.__init__ (tests/test_native.py checks the defaults).
+    # Written out: pokeagent/native.py, rule 1.
     def __init__(
         self,
         weather: str | None = None,
