@@ -73,7 +73,15 @@ def add_options(
     docs: dict[str, str] = {}
     for other in (*help_from, cls):
         docs |= field_docs(other)
-    for field in dataclasses.fields(cls):
+    inherited = {
+        f.name
+        for base in cls.__mro__[1:]
+        if dataclasses.is_dataclass(base)
+        for f in dataclasses.fields(base)
+    }
+    # A class's own fields first, then those it extends (a run's knobs before the loss's).
+    ordered = sorted(dataclasses.fields(cls), key=lambda f: f.name in inherited)
+    for field in ordered:
         if field.name in skip or not field.init:
             continue
         keywords = _argument(hints[field.name])

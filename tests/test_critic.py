@@ -103,7 +103,7 @@ def test_weights_are_the_filter_and_the_clipped_exponential(reduce):
         ("exp", [min(math.exp(2.0 * advantage), 1.5), math.exp(-2.0 * advantage)]),
     ):
         logits, value, q, batch, cfg = _hand_made(
-            objective, beta=2.0, clip=1.5, critic_reduce=reduce
+            objective, advantage_beta=2.0, advantage_clip=1.5, critic_reduce=reduce
         )
         terms = critic_terms(logits, q, q.clone(), batch, cfg)
         assert terms["advantage"][0].tolist() == pytest.approx([advantage, -advantage])

@@ -439,6 +439,22 @@ class Campaign:
             outcome.compare(self.same_losses(run_dir, reference))
         return outcome
 
+    def kill_at_random(self, name: str, start, took: float, most: int) -> int:
+        """Start a command (`start(log)` -> Popen) and SIGKILL it at a random moment within
+        `took` seconds (what an uninterrupted run took), again and again on the same output,
+        at most `most` times or until a run completes first; how many were killed."""
+        killed = 0
+        while killed < most:
+            with self._log(name) as log:
+                process = start(log)
+            time.sleep(self.random.uniform(0.3, took))
+            if process.poll() is not None:
+                break  # it completed first
+            _signal(process, signal.SIGKILL)
+            process.wait()
+            killed += 1
+        return killed
+
     def pack_kill(self, kills: int, replays: Path) -> Outcome:
         """kill -9 of `pokeagent pack` (with its workers) at random moments, then the same
         command again until it completes: the shards must be byte-identical to an uninterrupted
@@ -455,21 +471,18 @@ class Campaign:
         took = time.monotonic() - started
         outcome.notes = ["shards byte-identical to an uninterrupted pack's"]
         while outcome.runs < kills:
-            out, killed = self.fresh("pack-kill"), 0
-            while outcome.runs + killed < kills:
-                with self._log("pack-kill") as log:
-                    process = subprocess.Popen(
-                        command(out) + options,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                time.sleep(self.random.uniform(0.3, took))
-                if process.poll() is not None:
-                    break  # it completed first
-                _signal(process, signal.SIGKILL)
-                process.wait()
-                killed += 1
+            out = self.fresh("pack-kill")
+            killed = self.kill_at_random(
+                "pack-kill",
+                lambda log, out=out: subprocess.Popen(
+                    command(out) + options,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ),
+                took,
+                kills - outcome.runs,
+            )
             done = subprocess.run(command(out) + options, capture_output=True)
             outcome.runs += killed
             if done.returncode == 0 and _same_files(reference, out, "*.tar"):
@@ -502,16 +515,13 @@ class Campaign:
             raise RuntimeError(f"the reference download into {reference} failed")
         took = time.monotonic() - started
         while outcome.runs < kills:
-            out, killed = self.fresh("download-kill"), 0
-            while outcome.runs + killed < kills:
-                with self._log("download-kill") as log:
-                    process = run(out, stdout=log)
-                time.sleep(self.random.uniform(0.3, took))
-                if process.poll() is not None:
-                    break  # it completed first
-                _signal(process, signal.SIGKILL)
-                process.wait()
-                killed += 1
+            out = self.fresh("download-kill")
+            killed = self.kill_at_random(
+                "download-kill",
+                lambda log, out=out: run(out, stdout=log),
+                took,
+                kills - outcome.runs,
+            )
             code = run(out).wait(timeout=600)
             outcome.runs += killed
             if code == 0 and _same_files(reference / "replays", out / "replays", "*.parquet"):

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,33 +23,18 @@ class PoolEntry:
     """agent: the checkpoint."""
 
 
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
 def parse_pool(text: str) -> list[PoolEntry]:
     """`heuristic=2,past:2=1,self@1.5=1,agent:runs/x@0.5=1` -> entries (a weight left out is 1)."""
-    from pokeagent.showdown.players import AGENT, BASELINES, PlayerSpec
+    from pokeagent.showdown.players import AGENT, BASELINES, PlayerSpec, number, split_weighted
 
     entries = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        spec, equals, tail = item.rpartition("=")
-        weight = _number(tail) if equals else None
-        if weight is None:
-            spec, weight = item, 1.0
-        if weight <= 0:
-            raise ValueError(f"--pool {item!r}: a weight must be > 0")
+    for spec, weight in split_weighted(text, "--pool"):
+        item = spec
         name, at, temperature = spec.partition("@")
         if spec in BASELINES:
             entries.append(PoolEntry(spec, weight))
         elif name == "self" or name.startswith("past:"):
-            t = _number(temperature) if at else None
+            t = number(temperature) if at else None
             if at and (t is None or t < 0):
                 raise ValueError(f"--pool {item!r}: @T must be a temperature >= 0")
             count = name.removeprefix("past:")
@@ -66,8 +50,6 @@ def parse_pool(text: str) -> list[PoolEntry]:
                 f"--pool {item!r}: choose from {sorted(BASELINES)}, self[@T], past:K[@T], "
                 "agent:PATH[@T]"
             )
-    if not entries:
-        raise ValueError(f"--pool {text!r}: an empty pool")
     return entries
 
 

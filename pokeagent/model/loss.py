@@ -48,7 +48,7 @@ def advantage_weights(advantage: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
     if cfg.objective == "binary":
         return (advantage > 0).float()
     if cfg.objective == "exp":
-        return torch.exp(cfg.beta * advantage).clamp(max=cfg.clip)
+        return torch.exp(cfg.advantage_beta * advantage).clamp(max=cfg.advantage_clip)
     return torch.ones_like(advantage)
 
 

@@ -37,7 +37,8 @@ AGENT = "agent"
 MAX_NAME_LENGTH = 18  # Showdown's limit on user names
 
 
-def _number(text: str) -> float | None:
+def number(text: str) -> float | None:
+    """`text` as a finite number, or None."""
     try:
         value = float(text)
     except ValueError:
@@ -82,7 +83,7 @@ class PlayerSpec:
         if kind != AGENT:
             raise ValueError(f"{text!r}: only the agent takes a path ({AGENT}:PATH[@TEMPERATURE])")
         path, at, tail = rest.rpartition("@")
-        temperature = _number(tail) if at else None
+        temperature = number(tail) if at else None
         if temperature is None:
             path, temperature = rest, 0.0
         return cls(AGENT, path, temperature)
@@ -93,23 +94,29 @@ class PlayerSpec:
         return f"{AGENT}:{self.checkpoint}@{self.temperature:g}"
 
 
-def parse_pool(text: str) -> tuple[tuple[PlayerSpec, float], ...]:
-    """`heuristic=2,maxpower=1,agent:runs/a@1.0=1` -> ((spec, weight), ...); a weight left out
-    is 1. Weights must be > 0."""
+def split_weighted(text: str, option: str) -> list[tuple[str, float]]:
+    """`a=2,b,c=0.5` -> [(item, weight), ...]: a weight left out is 1, a weight must be > 0,
+    and the list must not be empty; errors name `option` and the item."""
     pool = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
         spec, equals, tail = item.rpartition("=")
-        weight = _number(tail) if equals else None
+        weight = number(tail) if equals else None
         if weight is None:
             spec, weight = item, 1.0
         if weight <= 0:
-            raise ValueError(f"{item!r}: a pool weight must be > 0")
-        pool.append((PlayerSpec.parse(spec), weight))
+            raise ValueError(f"{option} {item!r}: a weight must be > 0")
+        pool.append((spec, weight))
     if not pool:
-        raise ValueError(f"{text!r}: an empty pool")
-    return tuple(pool)
+        raise ValueError(f"{option} {text!r}: an empty pool")
+    return pool
+
+
+def parse_pool(text: str) -> tuple[tuple[PlayerSpec, float], ...]:
+    """`heuristic=2,maxpower=1,agent:runs/a@1.0=1` -> ((spec, weight), ...); a weight left out
+    is 1. Weights must be > 0."""
+    return tuple((PlayerSpec.parse(spec), w) for spec, w in split_weighted(text, "--opponents"))
 
 
 class TeamPool(Teambuilder):

@@ -11,56 +11,6 @@ BOOST_STATS: Final = ("atk", "def", "spa", "spd", "spe", "accuracy", "evasion")
 STATUSES: Final = ("brn", "par", "slp", "frz", "psn", "tox")
 """Non-volatile statuses as the protocol writes them, in the encoder's column order."""
 
-TRACKED_VOLATILES: Final = frozenset(
-    {
-        "substitute",
-        "confusion",
-        "leechseed",
-        "taunt",
-        "encore",
-        "disable",
-        "torment",
-        "attract",
-        "yawn",
-        "perishsong",
-        "perish0",
-        "perish1",
-        "perish2",
-        "perish3",
-        "curse",
-        "nightmare",
-        "embargo",
-        "healblock",
-        "focusenergy",
-        "magnetrise",
-        "aquaring",
-        "ingrain",
-        "trapped",
-        "partiallytrapped",
-        "mustrecharge",
-        "dynamax",
-        "saltcure",
-        "protosynthesis",
-        "quarkdrive",
-        "flashfire",
-        "slowstart",
-        "charge",
-        "stockpile",
-        "typechange",
-        "transform",
-        "lockedmove",
-        "throatchop",
-        "glaiverush",
-        "destinybond",
-        "smackdown",
-        "octolock",
-        "noretreat",
-        "tarshot",
-        "syrupbomb",
-    }
-)
-"""Volatile effects the state keeps (normalised lower-case names); the rest are ignored."""
-
 VOLATILE_FLAGS: Final = (
     "substitute",
     "confusion",
@@ -84,6 +34,37 @@ VOLATILE_FLAGS: Final = (
     "attract",
 )
 """The volatiles the encoder gives a column each, in column order (all of them tracked)."""
+
+TRACKED_VOLATILES: Final = frozenset(VOLATILE_FLAGS) | frozenset(
+    {
+        "aquaring",
+        "charge",
+        "destinybond",
+        "embargo",
+        "flashfire",
+        "glaiverush",
+        "ingrain",
+        "lockedmove",
+        "magnetrise",
+        "nightmare",
+        "noretreat",
+        "octolock",
+        "perish0",
+        "perish1",
+        "perish2",
+        "perish3",
+        "protosynthesis",
+        "quarkdrive",
+        "slowstart",
+        "smackdown",
+        "stockpile",
+        "syrupbomb",
+        "tarshot",
+        "throatchop",
+    }
+)
+"""Volatile effects the state keeps (normalised lower-case names): the encoder's columns and
+these, which the state's rules read; the rest are ignored."""
 
 MOVE_CLOSING_VOLATILES: Final = frozenset({"taunt", "healblock", "throatchop", "torment"})
 """Volatiles that close some of their holder's moves (the parser's masks)."""

@@ -10,8 +10,8 @@ from pokeagent.model.loss_config import LossConfig
 
 
 @dataclass
-class TrainConfig:
-    """One training run."""
+class TrainConfig(LossConfig):
+    """One training run (the loss's knobs, declared in `LossConfig`, come first)."""
 
     run_dir: str = "runs/train"
     """Checkpoints, TensorBoard logs and the resolved config go here."""
@@ -38,8 +38,6 @@ class TrainConfig:
     """Cosine decay floor, as a fraction of the peak rate."""
     grad_clip: float = 1.0
     """Global gradient-norm clipping."""
-    value_weight: float = 0.5
-    """Weight of the value loss."""
     workers_per_gpu: int = 2
     """Loader worker processes per rank."""
     shuffle_buffer: int = 256
@@ -84,32 +82,15 @@ class TrainConfig:
     """The GPU's peak TFLOP/s for MFU; 0: from the GPU's name and the run's precision
     (model/flops.py), or POKEAGENT_PEAK_TFLOPS; no MFU on CPU unless given."""
 
-    # Offline RL (model/loss.py, model/rewards.py): a critic and advantage-weighted imitation.
-    objective: str = "bc"
-    """Policy objective: bc (plain imitation), binary (imitate where the critic's advantage is
-    positive) or exp (weights min(exp(beta A), clip)); binary and exp train a critic."""
+    # Offline RL (model/loss.py, model/rewards.py): the objective and its knobs are LossConfig's.
     critic_heads: int = 0
     """Q-value heads of the critic's ensemble; 0: none with bc, 2 with binary/exp. A critic
     with bc trains beside imitation (its Q and advantages are logged) without weighting it."""
-    critic_weight: float = 1.0
-    """Weight of the critic's TD loss in the total."""
-    advantage_beta: float = 1.0
-    """exp: the inverse temperature beta of exp(beta A)."""
-    advantage_clip: float = 20.0
-    """exp: the largest weight of one decision."""
-    discount: float = 0.99
-    """Per-decision discount of the TD target."""
     target_rate: float = 0.005
     """Polyak rate of the critic's target after each optimizer step (train/critic_target.py)."""
-    critic_reduce: str = "mean"
-    """How the ensemble gives one Q (for targets and advantages): mean, or min (pessimistic)."""
-    reward_scale: float = 1.0
-    """Terminal reward: +scale for a win, -scale for a loss, 0 for a tie."""
-    shaping_weight: float = 0.0
-    """Shaped rewards between decisions (HP dealt and lost, faints, status: model/rewards.py),
-    times this; 0: terminal rewards only."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.max_samples < 0 or self.min_rating < 0:
             raise ValueError(
                 f"--max-samples and --min-rating must be >= 0 (got {self.max_samples}, {self.min_rating})"
@@ -137,21 +118,6 @@ class TrainConfig:
             self.critic_heads = 2
         if not 0.0 < self.target_rate <= 1.0:
             raise ValueError(f"--target-rate must be in (0, 1] (got {self.target_rate})")
-        self.loss_config()  # the objective's knobs are checked where they are defined
-
-    def loss_config(self) -> LossConfig:
-        """The loss's knobs (model/loss.py) from this run's."""
-        return LossConfig(
-            value_weight=self.value_weight,
-            objective=self.objective,
-            critic_weight=self.critic_weight,
-            beta=self.advantage_beta,
-            clip=self.advantage_clip,
-            discount=self.discount,
-            critic_reduce=self.critic_reduce,
-            reward_scale=self.reward_scale,
-            shaping_weight=self.shaping_weight,
-        )
 
     def to_dict(self) -> dict:
         return asdict(self)
