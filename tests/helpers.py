@@ -84,3 +84,22 @@ def train_env() -> dict:
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", DEEPSPEED_TIMEOUT="2")
     env.pop("RANK", None)
     return env
+
+
+def tiny_loop(shards: Path, out: Path, **overrides) -> dict:
+    """ImproveConfig options of a loop small enough for a test: round 0 trains 3 steps, a round
+    plays 4 battles in 2 chunks (heuristic and the agent itself), 1 game per baseline."""
+    return (
+        dict(
+            out=str(out),
+            shards=str(shards),
+            start_steps=3,
+            battles=4,
+            chunk=2,
+            pool="heuristic=1,self@1.5=1",
+            eval_games=1,
+            concurrency=2,
+            train_args="--window 32 --batch-size-per-gpu 8",
+        )
+        | overrides
+    )

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import train_env
+from helpers import tiny_loop, train_env
 
 from pokeagent.loop.improve import Improve, ImproveConfig, mixture, start_checkpoint
 from pokeagent.loop.pool import PoolEntry, parse_pool, plan_chunks, resolve_pool
@@ -100,20 +100,8 @@ def test_options_are_checked_and_a_rerun_keeps_the_loop_it_continues(tmp_path):
 
 # ------------------------------------------------------------------------------ killed and resumed
 def _options(shards: Path, out: Path, rounds: int) -> dict:
-    return dict(
-        out=str(out),
-        shards=str(shards),
-        start_steps=3,
-        rounds=rounds,
-        battles=4,
-        chunk=2,
-        pool="heuristic=1,self@1.5=1",
-        steps=6,
-        eval_games=1,
-        concurrency=2,
-        checkpoint_minutes=0.0,  # a checkpoint every step: the kill lands between two
-        train_args="--window 32 --batch-size-per-gpu 8",
-    )
+    # a checkpoint every step: the kill lands between two
+    return tiny_loop(shards, out, rounds=rounds, steps=6, checkpoint_minutes=0.0)
 
 
 def _command(options: dict) -> list[str]:

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import train_env
+from helpers import tiny_loop, train_env
 
 from pokeagent.launch.slurm import LaunchError
 from pokeagent.loop.improve import Improve, ImproveConfig, run_improve
@@ -48,18 +48,7 @@ def test_a_round_runs_as_its_chain_of_jobs(shards, tmp_path, monkeypatch):
     for key, value in train_env().items():
         monkeypatch.setenv(key, value)
     out = tmp_path / "loop"
-    options = dict(
-        out=str(out),
-        shards=str(shards),
-        start_steps=3,
-        battles=4,
-        chunk=2,
-        pool="heuristic=1,self@1.5=1",
-        steps=5,
-        eval_games=1,
-        concurrency=2,
-        train_args="--window 32 --batch-size-per-gpu 8",
-    )
+    options = tiny_loop(shards, out, steps=5)
     # Round 0 here (the chain starts from a loop with a round 0, or from --start).
     run_improve(ImproveConfig(**options, rounds=0), progress=False)
     cfg = ImproveConfig(**options, rounds=1)

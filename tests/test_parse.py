@@ -234,6 +234,26 @@ def test_message_kinds_are_numbered_for_dispatch(shared_replays):
     assert kept and all(m.code == P.KIND_CODES[m.kind] for m in kept)
 
 
+def _packed_mon(species, moves, item="", ability="Pressure", evs=84, ivs=31):
+    """One packed-team member (custom games take any set)."""
+    return f"{species}||{item}|{ability}|{moves}|Serious|{f'{evs},' * 5}{evs}|N|{f'{ivs},' * 5}{ivs}||100|"
+
+
+def _custom_battle(package, gen: int, seed: int, p1: list[str], p2: list[str], choices: list[str]):
+    """A custom game of gen `gen` between two packed teams, the choices given in order (then a
+    forced tie), run by the simulator: its record (log, decisions with the true options)."""
+    input_log = [
+        ">start " + json.dumps({"formatid": f"gen{gen}customgame", "seed": [seed, 2, 3, 4]}),
+        ">player p1 " + json.dumps({"name": "A", "team": "]".join(p1)}),
+        ">player p2 " + json.dumps({"name": "B", "team": "]".join(p2)}),
+        *choices,
+        ">forcetie",
+    ]
+    (record,) = simtool.replay_input_logs(package, [{"input_log": input_log, "id": "t"}])
+    assert "error" not in record, record
+    return record
+
+
 @pytest.mark.parametrize(
     ("blocker", "seed", "turn"),
     [("sleeppowder", 1, 2), ("wrap", 1, 2), ("flinch", 27, 3)],
@@ -246,23 +266,14 @@ def test_gen1_recharge_cancelled_by_sleep_trapping_or_flinch(showdown_package, b
     from pokeagent.data.sources import replay_from_record
 
     def mon(species, moves):
-        return f"{species}|||NoAbility|{moves}|Serious|{'255,' * 5}255|N|{'30,' * 5}30||100|"
+        return _packed_mon(species, moves, ability="NoAbility", evs=255, ivs=30)
 
-    p1 = "]".join([mon("Tauros", "hyperbeam,bodyslam"), mon("Chansey", "softboiled,seismictoss")])
+    p1 = [mon("Tauros", "hyperbeam,bodyslam"), mon("Chansey", "softboiled,seismictoss")]
     # Persian outspeeds Tauros: its Bite can flinch Tauros on the recharge turn.
     foe, move = ("Persian", "bite") if blocker == "flinch" else ("Victreebel", blocker)
-    p2 = "]".join([mon(foe, f"{move},slash"), mon("Snorlax", "bodyslam")])
-    input_log = [
-        ">start " + json.dumps({"formatid": "gen1customgame", "seed": [seed, 2, 3, 4]}),
-        ">player p1 " + json.dumps({"name": "A", "team": p1}),
-        ">player p2 " + json.dumps({"name": "B", "team": p2}),
-        ">p1 move hyperbeam",
-        f">p2 move {move}",
-        *[">p1 move 1", ">p2 move 1"] * (turn - 1),
-        ">forcetie",
-    ]
-    (record,) = simtool.replay_input_logs(showdown_package, [{"input_log": input_log, "id": "t"}])
-    assert "error" not in record, record
+    p2 = [mon(foe, f"{move},slash"), mon("Snorlax", "bodyslam")]
+    choices = [">p1 move hyperbeam", f">p2 move {move}", *[">p1 move 1", ">p2 move 1"] * (turn - 1)]
+    record = _custom_battle(showdown_package, 1, seed, p1, p2, choices)
     lines = record["log"].splitlines()
     # The scenario happened: Hyper Beam hit on turn 1, then the blocker landed before the
     # recharge turn.
@@ -303,29 +314,15 @@ def test_a_gimmick_whose_move_never_came_labels_no_later_move(
     are ones where the scenario happens; the test checks that it did."""
     from pokeagent.data.sources import replay_from_record
 
-    def mon(species, moves, item=""):
-        return f"{species}||{item}|Pressure|{moves}|Serious|{'84,' * 5}84|N|{'31,' * 5}31||100|"
-
     # Gengar (faster) lands the blocker, then only Splashes; p2's moves cannot touch a Ghost.
-    p1 = mon("Gengar", f"{blocker},splash")
+    p1 = _packed_mon("Gengar", f"{blocker},splash")
     if gimmick == "mega":
-        p2 = mon("Gyarados", "splash,waterfall", item="Gyaradosite")
+        p2 = _packed_mon("Gyarados", "splash,waterfall", item="Gyaradosite")
     else:  # four moves: a Max Move then names its base move unambiguously
-        p2 = mon("Snorlax", "bodyslam,curse,earthquake,crunch")
-    choice = {"terastallize": "terastallize", "mega": "mega", "dynamax": "dynamax"}[gimmick]
-    input_log = [
-        ">start " + json.dumps({"formatid": f"gen{gen}customgame", "seed": [seed, 2, 3, 4]}),
-        ">player p1 " + json.dumps({"name": "A", "team": p1}),
-        ">player p2 " + json.dumps({"name": "B", "team": p2}),
-        ">p1 team 1",
-        ">p2 team 1",
-        ">p1 move 1",
-        f">p2 move 1 {choice}",
-        *[">p1 move 2", ">p2 move 1"] * 2,
-        ">forcetie",
-    ]
-    (record,) = simtool.replay_input_logs(showdown_package, [{"input_log": input_log, "id": "t"}])
-    assert "error" not in record, record
+        p2 = _packed_mon("Snorlax", "bodyslam,curse,earthquake,crunch")
+    choices = [">p1 team 1", ">p2 team 1", ">p1 move 1", f">p2 move 1 {gimmick}"]
+    choices += [">p1 move 2", ">p2 move 1"] * 2
+    record = _custom_battle(showdown_package, gen, seed, [p1], [p2], choices)
     lines = record["log"].splitlines()
     first = lines[lines.index("|turn|1") : lines.index("|turn|2")]
     assert any(line.startswith(shows) for line in first), first
@@ -341,10 +338,6 @@ def test_a_gimmick_whose_move_never_came_labels_no_later_move(
     assert turns[2].action == A.move_action(0) and turns[2].action_info["gimmick"] is None
     report = audit([record])
     assert report.battles == 1 and not report.mismatches and report.illegal_labels == 0
-
-
-def _custom_mon(species, moves, item="", ability="Pressure"):
-    return f"{species}||{item}|{ability}|{moves}|Serious|{'84,' * 5}84|N|{'31,' * 5}31||100|"
 
 
 @pytest.mark.parametrize(
@@ -375,22 +368,11 @@ def test_public_volatiles_close_what_the_request_closes(
     from pokeagent.data.sources import replay_from_record
 
     species, moves, item = p2
-    p1 = _custom_mon("Weavile", p1_moves) + "]" + _custom_mon("Chansey", "splash")
-    p2_team = _custom_mon(species, moves, item) + "]" + _custom_mon("Blissey", "splash")
-    input_log = [
-        ">start " + json.dumps({"formatid": "gen9customgame", "seed": [1, 2, 3, 4]}),
-        ">player p1 " + json.dumps({"name": "A", "team": p1}),
-        ">player p2 " + json.dumps({"name": "B", "team": p2_team}),
-        ">p1 team 12",
-        ">p2 team 12",
-        ">p1 move 1",
-        f">p2 move {p2_turns[0]}",
-        ">p1 move 2",
-        f">p2 move {p2_turns[1]}",
-        ">forcetie",
-    ]
-    (record,) = simtool.replay_input_logs(showdown_package, [{"input_log": input_log, "id": "t"}])
-    assert "error" not in record, record
+    p1 = [_packed_mon("Weavile", p1_moves), _packed_mon("Chansey", "splash")]
+    p2_team = [_packed_mon(species, moves, item), _packed_mon("Blissey", "splash")]
+    choices = [">p1 team 12", ">p2 team 12", ">p1 move 1", f">p2 move {p2_turns[0]}"]
+    choices += [">p1 move 2", f">p2 move {p2_turns[1]}"]
+    record = _custom_battle(showdown_package, 9, 1, p1, p2_team, choices)
     truth = next(d for d in record["decisions"] if d["side"] == "p2" and d["turn"] == 2)
     expected = {
         ("move", o["move"]) if o["type"] == "move" else ("switch", o["species"])
