@@ -63,11 +63,19 @@ def test_live_arrays_equal_the_parsers(showdown_server, showdown_package, battle
     agent = asyncio.run(_play(showdown_server, battle_format, seed=7))
     assert agent.agent_errors == 0, agent.error_kinds
     assert len(agent.records) == 2 * BATTLES_PER_SIDE
-    compared = labelled = same_mask = illusions = 0
+    compared = labelled = same_mask = illusions = diverged = 0
     sides = set()
     for tag, record in rerun_server_battles(
         showdown_server.logs_dir, [">" + t for t in agent.records], showdown_package
     ):
+        if battle_format.startswith("gen1") and record.get("error", "").startswith(
+            "choice rejected by the simulator"
+        ):
+            # The simulator's own re-run of its input log can refuse a choice its server took:
+            # the log names moves (`move rest`), and in gen 1 the name finds another slot than
+            # the one chosen (seen once, a Transformed Ditto's). Nothing of ours to compare.
+            diverged += 1
+            continue
         assert "error" not in record, record
         replay = replay_from_record(served_replay(record, uploadtime=0))
         side = "p1" if record["players"][0] == agent.username else "p2"
@@ -98,7 +106,7 @@ def test_live_arrays_equal_the_parsers(showdown_server, showdown_package, battle
                 wider[A.move_action(slot)] = wider[A.move_action(slot, gimmick=True)] = False
             same_mask += not wider.any()
             compared += 1
-    assert sides == {"p1", "p2"} and illusions <= 1
+    assert sides == {"p1", "p2"} and illusions + diverged <= 1
     assert compared > 20 * BATTLES_PER_SIDE and labelled > compared // 2
     assert same_mask > 0.8 * compared
 
