@@ -87,7 +87,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["pokeagent=pokeagent.cli:main"]},
 )
