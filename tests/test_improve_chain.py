@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def _run_job(script: Path, env: dict, task: int | None = None) -> None:
 
 
 @pytest.mark.slow
-def test_a_round_runs_as_its_chain_of_jobs(shards, tmp_path, monkeypatch):
+def test_a_round_runs_as_its_chain_of_jobs(shards, tmp_path, monkeypatch, capsys):
     for key, value in train_env().items():
         monkeypatch.setenv(key, value)
     out = tmp_path / "loop"
@@ -54,6 +55,17 @@ def test_a_round_runs_as_its_chain_of_jobs(shards, tmp_path, monkeypatch):
     cfg = ImproveConfig(**options, rounds=1)
     chain = render_chain(cfg, ChainOptions(nodes=2, gpus_per_node=4, partition="gpu"), "test")
     assert chain.rounds == [1]
+    # The command line: --dry-run prints the four jobs and submit.sh; without SLURM, no submission.
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()] + ["--rounds=1"]
+    capsys.readouterr()
+    assert main([*argv, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("# ---- ") == 5 and printed.rstrip().endswith(
+        'AFTER="--dependency=afterok:$FINISH"'
+    )
+    if shutil.which("sbatch") is None:
+        assert main(argv) == 2 and "no sbatch here" in capsys.readouterr().err
+        assert not (out / "slurm").exists()
     assert sorted(chain.scripts) == [
         f"round-001-{stage}.sbatch" for stage in ("finish", "generate", "pack", "train")
     ]

@@ -468,11 +468,20 @@ def test_challenge_accepted_then_ctrl_c_once_and_twice(showdown_server, checkpoi
     }
     logs = [tmp_path / name / "play.log" for name in (a, b)]
     try:
-        _wait(
-            lambda: all(p.exists() and "game 1 started" in p.read_text() for p in logs),
-            180,
-            "the first game",
-        )
+        try:
+            _wait(
+                lambda: all(p.exists() and "game 1 started" in p.read_text() for p in logs),
+                180,
+                "the first game",
+            )
+        except AssertionError as timeout:  # say what the two processes were doing
+            for proc in procs.values():
+                proc.kill()
+            told = {name: proc.communicate(timeout=30)[0][-3000:] for name, proc in procs.items()}
+            raise AssertionError(
+                f"{timeout}; exit codes and output: "
+                f"{ {n: (p.returncode, told[n]) for n, p in procs.items()} }"
+            ) from None
         procs[b].send_signal(signal.SIGINT)
         time.sleep(1.0)
         assert procs[b].poll() is None  # still playing its game

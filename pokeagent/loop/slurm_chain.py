@@ -332,6 +332,8 @@ def main(argv: list[str]) -> int:
         )
         return 2
     result.folder.mkdir(parents=True, exist_ok=True)
+    # SLURM opens a job's --output before the job runs: the training job's log folder too.
+    (Path(cfg.out) / "train").mkdir(parents=True, exist_ok=True)
     for name, text in result.scripts.items():
         (result.folder / name).write_text(text)
     submit = result.folder / "submit.sh"
