@@ -505,6 +505,35 @@ def test_challenge_accepted_then_ctrl_c_once_and_twice(showdown_server, checkpoi
         assert "stopping after the current games" in outputs[name]
 
 
+@pytest.mark.slow
+def test_a_challenger_waits_for_its_opponent_to_log_in(showdown_server, checkpoint, tmp_path):
+    """A challenges B before B is online: A asks again until B logs in, then they play."""
+    a, b = unique_name("earlyA"), unique_name("lateB")
+    procs = {a: _spawn(checkpoint, showdown_server, a, tmp_path, "--challenge", b, "--games", "1")}
+    try:
+        _wait(lambda: "is not online (yet)" in _read(tmp_path / a / "play.log"), 60, "a retry")
+        procs[b] = _spawn(
+            checkpoint, showdown_server, b, tmp_path, "--accept-from", a, "--games", "1"
+        )
+        outputs = {name: procs[name].communicate(timeout=180)[0] for name in (a, b)}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    assert [procs[name].returncode for name in (a, b)] == [0, 0], outputs
+    (row_a,) = _lines(tmp_path / a / "games.jsonl")
+    (row_b,) = _lines(tmp_path / b / "games.jsonl")
+    assert row_a["id"] == row_b["id"] and {row_a["result"], row_b["result"]} <= {
+        "win",
+        "loss",
+        "tie",
+    }
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 class _FakeLogin(BaseHTTPRequestHandler):
     """A login server that takes any password and answers with a made-up assertion."""
 

@@ -117,7 +117,8 @@ class PlayConfig:
     """After a dropped connection, how long to keep trying; then the running games count as
     lost and the run ends."""
     challenge_wait_s: float = 60.0
-    """A challenge not answered in this long is cancelled and sent again."""
+    """A challenge not answered in this long is cancelled and sent again; a challenged user not
+    online is asked again every 2 s for this long, then the run ends."""
     out: str | None = None
     """Output folder; default `<run>/eval/play-<user>-<format>-step<N>` beside the checkpoint."""
     verbose: bool = False

@@ -280,6 +280,8 @@ class Session:
         self.last_search = 0.0
         self.challenging_since: float | None = None
         self.next_challenge = 0.0
+        self.absent_since: float | None = None
+        """When the challenged user was first reported not online (it may be logging in)."""
         self.challengers: list[str] = []
         """Users whose challenge waits for a free slot."""
         self.accepted: dict[str, float] = {}
@@ -293,7 +295,7 @@ class Session:
         self.announced.pop(tag, None)
         if self.accepted:
             self.accepted.pop(min(self.accepted, key=self.accepted.get))
-        self.searching_since = self.challenging_since = None
+        self.searching_since = self.challenging_since = self.absent_since = None
         self.log.info("%s: game %d started", tag, self.started)
         self.wake.set()
 
@@ -372,8 +374,19 @@ class Session:
             return True
         if kind == "popup" and self.cfg.mode == CHALLENGE:
             text = "|".join(first[2:])
-            if "was not found" in text or "not accepting challenges" in text:
+            if "not accepting challenges" in text:
                 self._stop(f"cannot challenge {self.cfg.challenge}: {text.strip()}", error=True)
+            elif "was not found" in text:
+                # Not online (yet: two processes started together log in in either order):
+                # try again every 2 s, for --challenge-wait-s at most.
+                now = time.monotonic()
+                self.absent_since = self.absent_since or now
+                if now - self.absent_since > self.cfg.challenge_wait_s:
+                    self._stop(f"cannot challenge {self.cfg.challenge}: {text.strip()}", error=True)
+                else:
+                    self.log.info("%s is not online (yet): asking again in 2 s", self.cfg.challenge)
+                    self.challenging_since, self.next_challenge = None, now + 2.0
+                    self.wake.set()
         return False
 
     def _on_pm(self, parts: list[str]) -> None:
