@@ -475,8 +475,7 @@ def test_challenge_accepted_then_ctrl_c_once_and_twice(showdown_server, checkpoi
                 "the first game",
             )
         except AssertionError as timeout:  # say what the two processes were doing
-            for proc in procs.values():
-                proc.kill()
+            _kill_all(procs)
             told = {name: proc.communicate(timeout=30)[0][-3000:] for name, proc in procs.items()}
             raise AssertionError(
                 f"{timeout}; exit codes and output: "
@@ -490,9 +489,7 @@ def test_challenge_accepted_then_ctrl_c_once_and_twice(showdown_server, checkpoi
         procs[a].send_signal(signal.SIGINT)
         outputs = {name: procs[name].communicate(timeout=120)[0] for name in (a, b)}
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
+        _kill_all(procs)
     assert [procs[name].returncode for name in (a, b)] == [0, 0], outputs
     (row_a,) = _lines(tmp_path / a / "games.jsonl")
     (row_b,) = _lines(tmp_path / b / "games.jsonl")
@@ -517,9 +514,7 @@ def test_a_challenger_waits_for_its_opponent_to_log_in(showdown_server, checkpoi
         )
         outputs = {name: procs[name].communicate(timeout=180)[0] for name in (a, b)}
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
+        _kill_all(procs)
     assert [procs[name].returncode for name in (a, b)] == [0, 0], outputs
     (row_a,) = _lines(tmp_path / a / "games.jsonl")
     (row_b,) = _lines(tmp_path / b / "games.jsonl")
@@ -528,6 +523,12 @@ def test_a_challenger_waits_for_its_opponent_to_log_in(showdown_server, checkpoi
         "loss",
         "tie",
     }
+
+
+def _kill_all(procs: dict[str, subprocess.Popen]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _read(path: Path) -> str:

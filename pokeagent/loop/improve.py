@@ -279,18 +279,25 @@ class Improve:
         TrainConfig.from_dict(train)  # checked now, not in the first round's subprocess
         return train
 
-    def start_step(self) -> int:
-        """Round 0's step: its kept agent's, else the --start checkpoint's (else start_steps)."""
-        kept = read_json(self.agent_dir(0) / "agent.json")
-        if kept is not None:
-            return kept["step"]
-        if self.cfg.start is None:
-            return self.cfg.start_steps
-        return step_of(start_checkpoint(self.cfg.start)[1])
-
     def target_step(self, index: int) -> int:
-        """The step round `index` trains to: every round trains `steps` more than the last."""
-        return self.start_step() + index * self.cfg.steps
+        """The step round `index` trains to: `steps` more than the round before. Rounds not kept
+        yet (a chain rendered ahead of them) count `steps` each from the last kept agent, or from
+        round 0's step (the --start checkpoint's, or start_steps)."""
+        for kept in range(index - 1, -1, -1):
+            info = read_json(self.agent_dir(kept) / "agent.json")
+            if info is not None:
+                return info["step"] + (index - kept) * self.cfg.steps
+        if self.cfg.start is None:
+            return self.cfg.start_steps + index * self.cfg.steps
+        return step_of(start_checkpoint(self.cfg.start)[1]) + index * self.cfg.steps
+
+    def round_done(self, index: int) -> bool:
+        """Round `index`'s agent is kept and evaluated with these settings."""
+        return (self.agent_dir(index) / WEIGHTS).is_file() and self._evaluated(index)
+
+    def chunk_dir(self, index: int, chunk: dict) -> Path:
+        """Where a chunk of round `index`'s battles is (`chunk-NNN/` once complete)."""
+        return self.round_dir(index) / "battles" / f"chunk-{chunk['index']:03d}"
 
     def adopt_start(self) -> None:
         """`start`'s checkpoint becomes out/train's first (copied whole; the start run is left
@@ -374,7 +381,7 @@ class Improve:
         """One chunk's battles into `battles/chunk-NNN/` (nothing to do once it is there)."""
         from pokeagent.data.generate import GenerateConfig, generate
 
-        final = self.round_dir(index) / "battles" / f"chunk-{chunk['index']:03d}"
+        final = self.chunk_dir(index, chunk)
         if final.is_dir():
             return
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -406,10 +413,7 @@ class Improve:
         from pokeagent.data.pack import MANIFEST_FILE, PackConfig, pack
 
         folder = self.round_dir(index)
-        sources = [
-            str(folder / "battles" / f"chunk-{chunk['index']:03d}" / "replays.jsonl")
-            for chunk in plan["chunks"]
-        ]
+        sources = [str(self.chunk_dir(index, chunk) / "replays.jsonl") for chunk in plan["chunks"]]
         shards = folder / "shards"
         if not (shards / MANIFEST_FILE).is_file():
             summary = pack(
@@ -477,31 +481,31 @@ class Improve:
         saved = read_json(path)
         if saved is not None:
             return saved
-        cfg = self.cfg
-        current = self.agent_dir(index - 1) / WEIGHTS
-        past = [self.agent_dir(i) / WEIGHTS for i in range(index - 1)]
-        pool = resolve_pool(parse_pool(cfg.pool), current, past, cfg.temperature)
-        previous = read_json(self.agent_dir(index - 1) / "agent.json")["step"]
+        pool = self.pool(index)
         plan = {
             "round": index,
-            "agent": f"agent:{current}@{cfg.temperature:g}",
+            "agent": f"agent:{self.agent_dir(index - 1) / WEIGHTS}@{self.cfg.temperature:g}",
             "pool": pool,
             "chunks": self.chunks(index, pool),
-            "start_step": previous,
-            "target_step": previous + cfg.steps,
+            "start_step": read_json(self.agent_dir(index - 1) / "agent.json")["step"],
+            "target_step": self.target_step(index),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(path, plan)
         return plan
 
+    def pool(self, index: int) -> list[tuple[str, float]]:
+        """Round `index`'s opponents: the pool resolved against the agents of the rounds before
+        (their paths only: known before those rounds have run)."""
+        current = self.agent_dir(index - 1) / WEIGHTS
+        past = [self.agent_dir(i) / WEIGHTS for i in range(index - 1)]
+        return resolve_pool(parse_pool(self.cfg.pool), current, past, self.cfg.temperature)
+
     def chunks(self, index: int, pool: list | None = None) -> list[dict]:
         """Round `index`'s chunks (what its plan will hold; known before the round starts, for
         the size of a chain's array job)."""
         cfg = self.cfg
-        if pool is None:
-            current = self.agent_dir(index - 1) / WEIGHTS
-            past = [self.agent_dir(i) / WEIGHTS for i in range(index - 1)]
-            pool = resolve_pool(parse_pool(cfg.pool), current, past, cfg.temperature)
+        pool = self.pool(index) if pool is None else pool
         return plan_chunks(pool, cfg.battles, cfg.chunk, cfg.seed, index)
 
     def add_seconds(self, index: int, stage: str, seconds: float) -> None:
@@ -584,7 +588,7 @@ class Improve:
             if cfg.start is None:
                 raise ValueError("a chain starts from a trained run: give --start")
             install()
-            if not (self.agent_dir(0) / WEIGHTS).is_file() or not self._evaluated(0):
+            if not self.round_done(0):
                 self.round_zero()
             return
         if not (self.agent_dir(index - 1) / WEIGHTS).is_file():
@@ -599,11 +603,7 @@ class Improve:
             install()
             self.generate_chunk(index, plan, plan["chunks"][cfg.chunk_index])
         elif cfg.stage == "pack":
-            missing = [
-                c["index"]
-                for c in plan["chunks"]
-                if not (self.round_dir(index) / "battles" / f"chunk-{c['index']:03d}").is_dir()
-            ]
+            missing = [c["index"] for c in plan["chunks"] if not self.chunk_dir(index, c).is_dir()]
             if missing:
                 raise RuntimeError(f"round {index}: chunks {missing} are not played yet")
             self.pack_stage(index)
@@ -618,12 +618,11 @@ class Improve:
 
         self.check_config()
         install()
-        if not (self.agent_dir(0) / WEIGHTS).is_file() or not self._evaluated(0):
+        if not self.round_done(0):
             self.round_zero()
         for index in range(1, self.cfg.rounds + 1):
-            if (self.agent_dir(index) / WEIGHTS).is_file() and self._evaluated(index):
-                continue
-            self.play_round(index)
+            if not self.round_done(index):
+                self.play_round(index)
         ladder = read_json(self.out / "ladder" / "ladder.json") if self.cfg.ladder_games else None
         return write_report(self, ladder)
 

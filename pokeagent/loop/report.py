@@ -18,13 +18,13 @@ if TYPE_CHECKING:
     from pokeagent.loop.improve import Improve
 
 
-def _battles(folder: Path, plan: dict) -> dict:
+def _battles(loop: Improve, index: int, plan: dict) -> dict:
     """The round's generated battles per opponent: how many, and the agent's score."""
     from pokeagent.data.generate import player_labels
 
     by_opponent: dict[str, dict] = {}
     for chunk in plan["chunks"]:
-        summary = read_json(folder / "battles" / f"chunk-{chunk['index']:03d}" / "summary.json")
+        summary = read_json(loop.chunk_dir(index, chunk) / "summary.json")
         if summary is None:
             continue
         counts = summary["summary"]
@@ -58,7 +58,7 @@ def round_row(loop: Improve, index: int, ladder: dict | None) -> dict | None:
     }
     plan = read_json(folder / "plan.json")
     if plan is not None:
-        row["battles"] = _battles(folder, plan)
+        row["battles"] = _battles(loop, index, plan)
         manifest = read_json(folder / "shards" / "manifest.json") or {}
         summary = manifest.get("summary", {})
         row["data"] = {

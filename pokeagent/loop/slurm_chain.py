@@ -39,6 +39,7 @@ from pokeagent.launch.slurm import (
     JOB_PREAMBLE,
     LaunchError,
     LaunchOptions,
+    _join,
     _Shell,
     passed_through,
     render_sbatch,
@@ -46,7 +47,6 @@ from pokeagent.launch.slurm import (
 )
 from pokeagent.loop.improve import Improve, ImproveConfig
 from pokeagent.options import add_options, config_from
-from pokeagent.run_dir import WEIGHTS
 
 STAGE_FIELDS = ("stage", "round", "chunk_index")
 """ImproveConfig fields a job sets itself (one per job), not the user."""
@@ -160,12 +160,11 @@ def _stage_job(
         account=chain.account,
         qos=chain.qos,
     )
-    line = " ".join(f'"{w}"' if isinstance(w, _Shell) else shlex.quote(w) for w in words)
-    body = ["", "set -euo pipefail", *JOB_PREAMBLE, "export OMP_NUM_THREADS=1", line]
+    body = ["", "set -euo pipefail", *JOB_PREAMBLE, "export OMP_NUM_THREADS=1", _join(words)]
     return "\n".join(head + body) + "\n"
 
 
-def _train_options(loop: Improve, chain: ChainOptions, index: int, command: str) -> LaunchOptions:
+def _train_options(loop: Improve, chain: ChainOptions, index: int) -> LaunchOptions:
     """The training job of round `index`: the tier's launch, with the run's own settings."""
     from pokeagent.train.config import TrainConfig
 
@@ -211,18 +210,14 @@ def round_train_options(cfg: ImproveConfig) -> dict:
 
 def rounds_to_chain(loop: Improve, chain: ChainOptions) -> list[int]:
     """The rounds of this submission: from the first one not done, --submit-rounds of them."""
-    todo = [
-        i
-        for i in range(1, loop.cfg.rounds + 1)
-        if not ((loop.agent_dir(i) / WEIGHTS).is_file() and loop._evaluated(i))
-    ]
+    todo = [i for i in range(1, loop.cfg.rounds + 1) if not loop.round_done(i)]
     return todo[: chain.submit_rounds] if chain.submit_rounds else todo
 
 
 def render_chain(cfg: ImproveConfig, chain: ChainOptions, command: str) -> Chain:
     """Every job script of the chain and the submit.sh that submits them in order."""
     loop = Improve(cfg, progress=False)
-    zero_done = (loop.agent_dir(0) / WEIGHTS).is_file() and loop._evaluated(0)
+    zero_done = loop.round_done(0)
     if cfg.start is None and not zero_done:
         raise LaunchError(
             "the chain starts from a trained run: give --start (a run of launch/train.sh), or "
@@ -272,7 +267,7 @@ def render_chain(cfg: ImproveConfig, chain: ChainOptions, command: str) -> Chain
             cfg, chain, command, index, "pack", "its battles packed, the mixture written"
         )
         result.scripts[f"{prefix}-train.sbatch"] = render_sbatch(
-            _train_options(loop, chain, index, command),
+            _train_options(loop, chain, index),
             f"{command} (round {index}: to step {loop.target_step(index)})",
             prelude=(
                 "# The round's mixture (replays + every round's shards), written by its pack job.",
